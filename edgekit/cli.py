@@ -1,0 +1,301 @@
+"""The ``edgekit`` command: each command parses, calls one library function, prints.
+
+User mistakes print ``error: <one line>`` and exit with the error's code
+(see :mod:`edgekit.errors`); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import click
+
+from edgekit import __version__
+from edgekit.errors import EdgekitError
+
+
+@dataclass
+class Settings:
+    debug: bool = False
+    profiles_dirs: list[Path] = field(default_factory=list)
+
+
+class EdgekitGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as e:
+            if ctx.obj is not None and ctx.obj.debug:
+                raise
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.option("--profiles-dir", "profiles_dirs", multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Extra folder of device profile TOMLs (repeatable; also $EDGEKIT_PROFILES_DIR).")
+@click.version_option(__version__, prog_name="edgekit")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, profiles_dirs: tuple[Path, ...]) -> None:
+    """Distill, quantize and export PyTorch models for phones and boards, and prove them.
+
+    \b
+    Start with:  edgekit profiles list
+                 edgekit build --device pixel8
+    """
+    ctx.obj = Settings(debug, list(profiles_dirs))
+
+
+def _console(stderr: bool = False, file: Any = None):
+    from rich.console import Console
+
+    return Console(stderr=stderr, file=file, highlight=False)
+
+
+def _registry(ctx: click.Context):
+    from edgekit.profiles import ProfileRegistry
+
+    return ProfileRegistry(ctx.obj.profiles_dirs)
+
+
+# ---------------------------------------------------------------- profiles
+@cli.group()
+def profiles() -> None:
+    """List and show device profiles."""
+
+
+@profiles.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def profiles_list(ctx: click.Context, as_json: bool) -> None:
+    """Every known device and its default path."""
+    from edgekit.profiles import BUILTIN_DIR
+
+    reg = _registry(ctx)
+    items = reg.load_all()
+    if as_json:
+        click.echo(json.dumps([p.model_dump(mode="json") for p in items], indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("device", "name", "default path", "units", "transport", "source")
+    table.columns[0].no_wrap = table.columns[2].no_wrap = True
+    for p in items:
+        src = "built-in" if reg.files[p.id].parent == BUILTIN_DIR else str(reg.files[p.id].parent)
+        table.add_row(p.id, p.name, f"{p.default.format}/{p.default.backend}\n{p.default.quant}",
+                      ",".join(cu.kind for cu in p.compute_units), p.transport, src)
+    _console().print(table)
+
+
+@profiles.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
+    """One device profile in full."""
+    p = _registry(ctx).load(name)
+    if as_json:
+        click.echo(p.model_dump_json(indent=2))
+        return
+    from rich.table import Table
+
+    con = _console()
+    con.print(f"[bold]{p.name}[/] ({p.id}) — {p.soc}")
+    con.print(f"CPU: {p.cpu_cores} cores, {p.cpu}; memory {p.memory_gb:g} GB; {p.os}/{p.arch}; "
+              f"transport {p.transport}")
+    con.print(f"default: {p.default.format}/{p.default.backend}, quantization {p.default.quant}")
+    units = Table("unit", "name", "format/backend", "precisions", "note")
+    for cu, path in p.paths():
+        units.add_row(cu.kind, cu.name, f"{path.format}/{path.backend}", ", ".join(path.precisions), path.note)
+    con.print(units)
+    if p.quantization:
+        rules = Table("format/backend", "weights", "activations", "granularity", "I/O")
+        for r in p.quantization:
+            rules.add_row(f"{r.format}/{r.backend}", r.weights, r.activations, r.granularity, r.io)
+        con.print(rules)
+    b = p.budgets
+    con.print(f"budgets: model <= {b.max_model_mb:g} MB, peak memory <= {b.max_peak_memory_mb:g} MB, "
+              f"p90 latency <= {b.p90_latency_ms:g} ms, accuracy drop <= {b.max_accuracy_drop:g} points")
+    if p.notes:
+        con.print(f"notes: {p.notes}")
+
+
+# ---------------------------------------------------------------- build
+@cli.command()
+@click.option("--device", "-d", required=True, help="Device profile id (see `edgekit profiles list`).")
+@click.option("--project", "-p", type=click.Path(path_type=Path), default=None,
+              help="edgekit.toml or its folder  [default: ./edgekit.toml]")
+@click.option("--format", "fmt", type=click.Choice(["executorch", "onnx", "tflite"]), default=None,
+              help="Override the profile's default format.")
+@click.option("--backend", default=None, help="Override the backend (xnnpack, coreml, vulkan, cpu, qnn, ...).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Bundle folder  [default: build/<device>]")
+@click.option("--force", is_flag=True, help="Replace an existing bundle (atomically).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop; no work is done.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
+@click.pass_context
+def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
+          out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Export, validate and bundle the project's model for DEVICE."""
+    from edgekit.bundle import check_destination
+    from edgekit.plan import make_plan
+    from edgekit.project import load_project
+
+    profile = _registry(ctx).load(device)
+    spec = load_project(project)
+    plan = make_plan(profile, fmt, backend)
+    out = out or Path("build") / profile.id
+    if dry_run:
+        _print_plan(_console(), plan, spec, out)
+        return
+    check_destination(out, force)
+
+    from edgekit.pipeline import build as run_build
+
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        log, terminal = stack.enter_context(_native_output_to_log(ctx.obj.debug))
+        con = _console(stderr=as_json, file=None if as_json else terminal)
+        _print_plan(con, plan, spec, out)
+        status = stack.enter_context(con.status("starting"))
+        last = [None, t0]
+
+        def on_stage(name: str, detail: str) -> None:
+            now = time.perf_counter()
+            if last[0]:
+                con.print(f"  [green]✓[/] {last[0]} ({now - last[1]:.1f} s)")
+            last[:] = [None if name == "done" else name, now]
+            status.update(f"{name}: {detail}")
+
+        try:
+            result = run_build(profile, spec, plan, out, force=force, on_stage=on_stage)
+        except EdgekitError:
+            status.stop()
+            con.print(f"  [red]✗[/] {last[0]}" + (f" (library messages: {log})" if log else ""))
+            raise
+    con = _console()
+    if as_json:
+        click.echo(json.dumps(result.manifest, indent=2, sort_keys=True))
+        return
+    _print_summary(con, result, profile, time.perf_counter() - t0)
+
+
+def _print_plan(con: Any, plan: Any, spec: Any, out: Path) -> None:
+    con.print(f"[bold]edgekit build[/] — project {spec.name!r} ({spec.file})")
+    for label, value in plan.describe():
+        con.print(f"  {label:<17} {value}")
+    con.print(f"  {'bundle':<17} {out}")
+
+
+def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
+    v, m = result.validation, result.manifest["model"]
+    size_mb = m["bytes"] / 1e6
+    where = ("in its target runtime" if v.where == "target-runtime"
+             else f"on a host twin: {result.plan.host_twin}")
+    rows = [
+        ("artifact", f"{m['file']}  {m['format']}/{m['backend']} {m['precision']}, {m['bytes'] / 1024:.1f} KiB"),
+        ("validated", f"{where} ({v.runtime.get('runtime')} {v.runtime.get('version')}), {v.n_samples} samples"),
+        ("max abs error", f"{v.max_abs_error:.2e} (tolerance {v.atol:g})"),
+        (v.metric, f"PyTorch {v.reference_value:.2%} -> export {v.value:.2%}; top-1 agreement {v.top1_agreement:.1%}"),
+        ("host latency", f"median {v.host_latency_ms['median']:.3f} ms, p90 {v.host_latency_ms['p90']:.3f} ms "
+                         f"(batch {v.host_latency_ms['batch']}, this host, not the device)"),
+    ]
+    con.print("[bold]build summary[/]")
+    for label, value in rows:
+        con.print(f"  {label:<17} {value}")
+    if size_mb > profile.budgets.max_model_mb:
+        con.print(f"  [yellow]warning[/]: model is {size_mb:.1f} MB, over {profile.id}'s budget of "
+                  f"{profile.budgets.max_model_mb:g} MB")
+    con.print(f"bundle: [bold]{result.bundle}[/] (built in {seconds:.1f} s)")
+    con.print(f"  run it:   python -m edgekit_runner {result.bundle}")
+    con.print(f"  check it: edgekit inspect {result.bundle}")
+
+
+@contextlib.contextmanager
+def _native_output_to_log(debug: bool) -> Iterator[tuple[str | None, Any]]:
+    """Send everything the libraries print (C++ runtimes to fds 1/2, Python warnings) to a log
+    file, so the terminal shows only edgekit's progress. Yields (log path, stream for edgekit's
+    own output). Skipped under --debug and when stdout is not a real file descriptor."""
+    try:
+        fds = (sys.stdout.fileno(), sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        fds = ()
+    if debug or fds != (1, 2):
+        yield None, None
+        return
+    fd, log = tempfile.mkstemp(prefix="edgekit-build-", suffix=".log")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    ok = False
+    try:
+        yield log, terminal
+        ok = True
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        terminal.close()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+        if ok:
+            os.unlink(log)
+
+
+# ---------------------------------------------------------------- inspect
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and problems as JSON.")
+def inspect(bundle: Path, as_json: bool) -> None:
+    """Print a bundle's manifest and verify the sha256 of every file."""
+    from edgekit.bundle import verify
+    from edgekit.errors import BundleError
+
+    manifest, problems = verify(bundle)
+    if as_json:
+        click.echo(json.dumps({"manifest": manifest, "problems": problems}, indent=2, sort_keys=True))
+    else:
+        con = _console()
+        m, v = manifest["model"], manifest.get("validation", {})
+        con.print(f"[bold]{bundle}[/] — {manifest['profile']['name']} ({manifest['profile']['id']}), "
+                  f"built {manifest['created_at']}")
+        con.print(f"  model       {m['file']}: {m['format']}/{m['backend']} {m['precision']}, {m['bytes']} bytes")
+        con.print(f"  inputs      " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in m["inputs"]))
+        con.print(f"  outputs     " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in m["outputs"]))
+        if v:
+            con.print(f"  validation  {v['where']} ({v['runtime'].get('runtime')} {v['runtime'].get('version')}): "
+                      f"max abs err {v['max_abs_error']:.2e}, top-1 agreement {v['top1_agreement']:.1%}, "
+                      f"{v['metric']} {v['value']:.2%}")
+        con.print("  versions    " + ", ".join(f"{k} {val}" for k, val in manifest.get("versions", {}).items()))
+        con.print(f"  files       {len(manifest.get('files', {}))} listed")
+        for p in problems:
+            con.print(f"  [red]✗[/] {p}")
+        if not problems:
+            con.print("  [green]✓[/] every file matches its sha256")
+    if problems:
+        raise BundleError(f"{bundle} failed verification: {'; '.join(problems)}")
+
+
+def main() -> None:
+    cli(prog_name="edgekit")
+
+
+if __name__ == "__main__":
+    main()

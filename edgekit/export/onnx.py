@@ -1,0 +1,56 @@
+"""ONNX through torch's dynamo exporter, checked with ``onnx.checker``.
+
+The file does not depend on the execution provider: the same .onnx serves the
+CPU EP, QNN (Hexagon HTP), TensorRT and CUDA. Only the CPU EP exists on this
+host, so for the others validation runs the same file there (a host twin).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import ExportError
+from edgekit.export.base import BackendSpec, Exporter, ExportResult
+from edgekit.export.trace import export_program, summarize
+
+_TWIN = "the same .onnx file in onnxruntime's CPUExecutionProvider"
+
+
+class OnnxExporter(Exporter):
+    format = "onnx"
+    extension = ".onnx"
+    runtime = "onnxruntime"
+    atol = {"fp32": 1e-4}
+    backends = {
+        "cpu": BackendSpec("cpu", "ONNX Runtime CPU execution provider", ("fp32",), True,
+                           runtime_target="CPUExecutionProvider"),
+        "qnn": BackendSpec("qnn", "ONNX Runtime QNN EP (Qualcomm Hexagon HTP)", ("fp32",), False,
+                           host_twin=_TWIN, runtime_target="QNNExecutionProvider"),
+        "tensorrt": BackendSpec("tensorrt", "ONNX Runtime TensorRT EP (NVIDIA GPU)", ("fp32",), False,
+                                host_twin=_TWIN, runtime_target="TensorrtExecutionProvider"),
+        "cuda": BackendSpec("cuda", "ONNX Runtime CUDA EP (NVIDIA GPU)", ("fp32",), False,
+                            host_twin=_TWIN, runtime_target="CUDAExecutionProvider"),
+    }
+
+    def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,
+               input_names: list[str] | None = None, output_names: list[str] | None = None) -> ExportResult:
+        import onnx
+        import torch
+
+        ep = export_program(model, example_inputs)
+        path = out_dir / f"model{self.extension}"
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                program = torch.onnx.export(ep, example_inputs, dynamo=True, verbose=False,
+                                            input_names=input_names, output_names=output_names)
+            program.save(str(path))
+            onnx.checker.check_model(str(path), full_check=True)
+        except Exception as e:
+            raise ExportError(f"ONNX export failed: {summarize(e)}") from e
+        opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                      if o.domain in ("", "ai.onnx")), None)
+        return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
+                            details={"opset": opset})

@@ -1,0 +1,45 @@
+"""torch.export, with its refusals turned into one-line errors that name the culprit."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from edgekit.errors import ExportError
+
+_USER_FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)')
+
+
+def export_program(model: Any, example_inputs: tuple) -> Any:
+    """``torch.export.export`` the model in eval mode; raise ExportError naming what failed.
+
+    The message keeps torch's own first line (it names the operator or the
+    data-dependent expression) and the user's source line it points at.
+    """
+    import torch
+
+    try:
+        with torch.no_grad():
+            return torch.export.export(model.eval(), example_inputs, strict=False)
+    except Exception as e:  # torch raises many types here; all mean "cannot export"
+        raise ExportError(f"torch.export cannot trace {type(model).__name__}.forward: {summarize(e)}") from e
+
+
+def summarize(e: BaseException) -> str:
+    """First meaningful line of an exception, plus the user frame it names, if any."""
+    text = str(e).strip()
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+    first = first[:300]
+    frames = [m for m in _USER_FRAME.finditer(text) if "site-packages" not in m.group(1)]
+    if not frames:
+        tb = e.__traceback__
+        while tb is not None:  # fall back to the deepest frame outside installed packages
+            fname = tb.tb_frame.f_code.co_filename
+            if "site-packages" not in fname and "/edgekit/" not in fname:
+                frames_line = f"{fname}:{tb.tb_lineno}"
+                first = f"{first} (at {frames_line})"
+                break
+            tb = tb.tb_next
+        return f"{type(e).__name__}: {first}"
+    f = frames[-1]
+    return f"{type(e).__name__}: {first} (at {f.group(1)}:{f.group(2)} in {f.group(3)}: {f.group(4).strip()})"

@@ -1,0 +1,151 @@
+"""The build: load -> export -> validate -> bundle, one artifact handed from stage to stage.
+
+Quantization and distillation slot in as stages between load and export.
+
+>>> # from edgekit.pipeline import build
+>>> # result = build(load_profile("pixel8"), load_project("."), plan, Path("build/pixel8"))
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+import edgekit
+from edgekit.bundle import SCHEMA_VERSION, BundleWriter
+from edgekit.export import EXPORTERS
+from edgekit.plan import Plan
+from edgekit.profiles import DeviceProfile
+from edgekit.project import ProjectSpec, load_data, load_model
+from edgekit.validate import ValidationResult, validate
+
+VERSIONED = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntime", "litert-torch",
+             "ai-edge-litert", "numpy")
+
+StageCallback = Callable[[str, str], None]
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    plan: Plan
+    manifest: dict[str, Any]
+    validation: ValidationResult
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"edgekit": edgekit.__version__, "python": platform.python_version()}
+    for dist in VERSIONED:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "not installed"
+    return versions
+
+
+def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, force: bool = False,
+          on_stage: StageCallback = lambda stage, detail: None) -> BuildResult:
+    """Run the plan and write the bundle to ``out`` atomically. Raises EdgekitError subclasses."""
+    import torch
+
+    timings: dict[str, float] = {}
+    current: list[Any] = []  # [stage name, start time] of the running stage
+
+    def stage(name: str, detail: str) -> None:
+        now = time.perf_counter()
+        if current:
+            timings[current[0]] = round(now - current[1], 3)
+        current[:] = [name, now]
+        on_stage(name, detail)
+
+    exporter = EXPORTERS[plan.format]
+    inp = project.inputs[0]
+    with BundleWriter(out, force) as writer, tempfile.TemporaryDirectory(prefix="edgekit-work-") as work:
+        stage("load", f"data and model of project {project.name!r}")
+        torch.manual_seed(project.seed)
+        splits = load_data(project)
+        model = load_model(project)
+        ev = splits["eval"]
+        with torch.no_grad():
+            reference = _as_numpy_list(model(torch.from_numpy(ev.x)))
+        output_names = _output_names(project, len(reference))
+        example = (torch.from_numpy(ev.x[: inp.shape[0]]).clone(),)
+
+        stage("export", f"{plan.format}/{plan.backend}")
+        result = exporter.export(model, example, plan.backend, Path(work),
+                                 input_names=[inp.name], output_names=output_names)
+
+        stage("validate", "in the target runtime" if plan.validation == "target-runtime" else "on the host twin")
+        artifact = result.model_path if plan.validation == "target-runtime" else result.twin_path
+        validation = validate(artifact, plan.runtime, ev.x, ev.y, reference, output_names, plan.atol,
+                              plan.validation,
+                              target=plan.runtime_target if plan.validation == "target-runtime" else None)
+        validation.raise_if_failed()
+
+        stage("bundle", str(out))
+        staging = writer.staging
+        model_file = f"model{exporter.extension}"
+        shutil.copy2(result.model_path, staging / model_file)
+        np.savez(staging / "eval.npz", inputs=ev.x, labels=ev.y, reference=reference[0])
+        _copy_runner(staging / "edgekit_runner")
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "edgekit-bundle",
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "profile": {"id": profile.id, "name": profile.name, "soc": profile.soc,
+                        "schema_version": profile.schema_version, "budgets": profile.budgets.model_dump()},
+            "project": {"name": project.name, "task": project.task.kind, "metric": project.task.metric,
+                        "model_entry": project.model.entry},
+            "plan": plan.model_dump(),
+            "model": {
+                "file": model_file, "format": plan.format, "backend": plan.backend,
+                "runtime": plan.runtime, "runtime_target": plan.runtime_target, "precision": plan.precision,
+                "bytes": (staging / model_file).stat().st_size,
+                "inputs": [{"name": inp.name, "shape": list(inp.shape), "dtype": inp.dtype}],
+                "outputs": [{"name": n, "shape": [inp.shape[0], *r.shape[1:]], "dtype": str(r.dtype)}
+                            for n, r in zip(output_names, reference)],
+                "export_details": result.details,
+            },
+            "eval": {"file": "eval.npz", "n_samples": int(len(ev.x)),
+                     "arrays": {"inputs": list(ev.x.shape), "labels": list(ev.y.shape),
+                                "reference": list(reference[0].shape)}},
+            "runner": {"package": "edgekit_runner", "command": "python -m edgekit_runner ."},
+            "validation": validation.to_dict(),
+            "versions": tool_versions(),
+            "seed": project.seed,
+        }
+        stage("done", "")
+        manifest["timings_s"] = timings
+        bundle = writer.commit(manifest)
+    return BuildResult(bundle, plan, manifest, validation, timings)
+
+
+def _as_numpy_list(out: Any) -> list[np.ndarray]:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out.detach().numpy()]
+    if isinstance(out, (list, tuple)):
+        return [t.detach().numpy() for t in out]
+    raise TypeError(f"model returned {type(out).__name__}; expected a tensor or a tuple of tensors")
+
+
+def _output_names(project: ProjectSpec, n: int) -> list[str]:
+    names = list(project.outputs)
+    return names[:n] + [f"output_{i}" for i in range(len(names), n)]
+
+
+def _copy_runner(dest: Path) -> None:
+    import edgekit_runner
+
+    shutil.copytree(Path(edgekit_runner.__file__).parent, dest,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

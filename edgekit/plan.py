@@ -1,0 +1,98 @@
+"""The plan: what a build will do, resolved from profile + project + CLI overrides.
+
+Making a plan does no work and imports no runtime; it rejects an impossible
+request (e.g. Core ML for a Jetson) with the combinations that would work.
+
+>>> from edgekit.profiles import load_profile
+>>> make_plan(load_profile("jetson-orin-nano"), fmt="onnx").backend
+'tensorrt'
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from edgekit.errors import PlanError
+from edgekit.export import EXPORTERS
+from edgekit.profiles import DeviceProfile
+
+SCHEMA_VERSION = 1
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    device: str
+    compute_unit: str
+    format: str
+    backend: str
+    backend_description: str
+    runtime: str
+    runtime_target: str
+    precision: str
+    quant: str
+    profile_default_quant: str
+    validation: Literal["target-runtime", "host-twin"]
+    host_twin: str
+    atol: float
+    stages: tuple[str, ...]
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(label, value) rows for humans."""
+        where = ("in its target runtime on this host" if self.validation == "target-runtime"
+                 else f"host twin: {self.host_twin}")
+        quant = self.quant if self.quant != "none" else "none (fp32)"
+        return [
+            ("device", f"{self.device} ({self.compute_unit})"),
+            ("format / backend", f"{self.format} / {self.backend}: {self.backend_description}"),
+            ("precision", self.precision),
+            ("quantization", f"{quant}; profile recommends {self.profile_default_quant}"),
+            ("validation", f"{where}, max abs error <= {self.atol:g}"),
+            ("stages", " -> ".join(self.stages)),
+        ]
+
+
+def valid_paths(profile: DeviceProfile) -> list[tuple[str, str, str]]:
+    """(format, backend, compute unit kind) the profile lists and an exporter supports."""
+    return [(p.format, p.backend, cu.kind) for cu, p in profile.paths()
+            if p.format in EXPORTERS and p.backend in EXPORTERS[p.format].backends]
+
+
+def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
+              precision: str = "fp32") -> Plan:
+    """Pick format/backend (profile default unless overridden) and check it can be built."""
+    options = valid_paths(profile)
+    listed = ", ".join(f"{f}/{b} ({k})" for f, b, k in options)
+    default = (profile.default.format, profile.default.backend)
+    if fmt is None and backend is None:
+        fmt, backend = default
+    elif backend is None:
+        matches = [(f, b) for f, b, _ in options if f == fmt]
+        if not matches:
+            raise PlanError(f"format {fmt!r} is not available on {profile.id}; it supports: {listed}")
+        fmt, backend = default if default in matches else matches[0]
+    elif fmt is None:
+        matches = [(f, b) for f, b, _ in options if b == backend]
+        if not matches:
+            raise PlanError(f"backend {backend!r} is not available on {profile.id}; it supports: {listed}")
+        fmt, backend = default if default in matches else matches[0]
+    found = profile.find_path(fmt, backend)
+    if found is None or (fmt, backend) not in {(f, b) for f, b, _ in options}:
+        raise PlanError(f"{fmt}/{backend} is not available on {profile.id}; it supports: {listed}")
+    cu, path = found
+    spec = EXPORTERS[fmt].backends[backend]
+    if precision not in spec.precisions or precision not in path.precisions:
+        ok = sorted(set(spec.precisions) & set(path.precisions))
+        raise PlanError(f"precision {precision!r} is not available for {fmt}/{backend} on {profile.id}; "
+                        f"this edgekit builds: {', '.join(ok) or 'none'}")
+    return Plan(
+        device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend,
+        backend_description=spec.description, runtime=EXPORTERS[fmt].runtime, runtime_target=spec.runtime_target,
+        precision=precision, quant="none", profile_default_quant=profile.default.quant,
+        validation="target-runtime" if spec.runs_on_host else "host-twin", host_twin=spec.host_twin,
+        atol=EXPORTERS[fmt].atol[precision],
+        stages=("load", "export", "validate", "bundle"),
+    )

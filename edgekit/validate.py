@@ -1,0 +1,88 @@
+"""Compare an exported artifact with the PyTorch reference, in the artifact's real runtime.
+
+``validate`` returns metrics; it never raises for a mismatch. The caller decides:
+``result.raise_if_failed()`` turns a failure into :class:`ValidationFailed`
+naming the output and its largest error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ValidationFailed
+
+
+@dataclass
+class OutputComparison:
+    name: str
+    max_abs_error: float
+    mean_abs_error: float
+    shape: list[int]
+
+
+@dataclass
+class ValidationResult:
+    where: str  # "target-runtime" | "host-twin"
+    runtime: dict[str, Any]
+    artifact: str
+    n_samples: int
+    atol: float
+    outputs: list[OutputComparison]
+    top1_agreement: float
+    metric: str
+    value: float
+    reference_value: float
+    host_latency_ms: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_abs_error(self) -> float:
+        return max(o.max_abs_error for o in self.outputs)
+
+    @property
+    def passed(self) -> bool:
+        return all(o.max_abs_error <= self.atol for o in self.outputs)
+
+    def raise_if_failed(self) -> None:
+        for o in self.outputs:
+            if not (o.max_abs_error <= self.atol):  # NaN fails too
+                raise ValidationFailed(
+                    f"output {o.name!r} of {self.artifact} differs from PyTorch by up to {o.max_abs_error:.3g} "
+                    f"(tolerance {self.atol:g}; top-1 agreement {self.top1_agreement:.1%}, "
+                    f"{self.runtime.get('runtime')} {self.runtime.get('version')})"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(max_abs_error=self.max_abs_error, passed=self.passed)
+        return d
+
+
+def validate(artifact: Path, runtime: str, inputs: np.ndarray, labels: np.ndarray,
+             reference: list[np.ndarray], output_names: list[str], atol: float, where: str,
+             target: str | None = None, timing_runs: int = 50) -> ValidationResult:
+    """Run ``artifact`` on ``inputs`` in ``runtime`` and compare with ``reference`` outputs."""
+    from edgekit_runner import evaluate, runtimes
+
+    model = runtimes.load(artifact, runtime, target=target)
+    outs = evaluate.run_dataset(model, inputs)
+    if len(outs) != len(reference):
+        raise ValidationFailed(f"{artifact} has {len(outs)} outputs, PyTorch has {len(reference)}")
+    comparisons = []
+    for name, got, ref in zip(output_names, outs, reference):
+        if got.size != ref.size:
+            raise ValidationFailed(f"output {name!r} of {artifact} has shape {list(got.shape)}, "
+                                   f"PyTorch has {list(ref.shape)}")
+        diff = np.abs(got.reshape(ref.shape).astype(np.float64) - ref)
+        comparisons.append(OutputComparison(name, float(diff.max()), float(diff.mean()), list(ref.shape)))
+    pred, ref_pred = evaluate.top1(outs[0]), evaluate.top1(reference[0])
+    latency = evaluate.time_model(model, inputs[: evaluate.batch_size(model)], runs=timing_runs, warmup=5)
+    return ValidationResult(
+        where=where, runtime=model.info, artifact=artifact.name, n_samples=len(inputs), atol=atol,
+        outputs=comparisons, top1_agreement=float((pred == ref_pred).mean()), metric="accuracy",
+        value=float((pred == labels).mean()), reference_value=float((ref_pred == labels).mean()),
+        host_latency_ms=latency,
+    )
