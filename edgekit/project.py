@@ -139,6 +139,33 @@ def resolve_entry(project: ProjectSpec, entry: str, what: str) -> Callable[..., 
     return func
 
 
+def pickle_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals a pickle (raw, or inside a torch zip) references, read without
+    unpickling anything."""
+    import pickletools
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            blobs = [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+    else:
+        blobs = [path.read_bytes()]
+    found: list[str] = []
+    for blob in blobs:
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(blob):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except Exception:  # truncated or not a pickle: report what was seen
+            pass
+    return found
+
+
 @dataclass
 class Split:
     x: np.ndarray
@@ -196,10 +223,11 @@ def load_state_dict(path: Path) -> dict[str, Any]:
             raise ProjectError(f"weights file {path} is not valid safetensors: {e}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        culprit = str(e).split("Unsupported global:")[-1].split("which")[0].strip(" .")
+    except pickle.UnpicklingError:
+        culprits = [g for g in pickle_globals(path) if not g.startswith(("torch.", "collections.OrderedDict"))]
         raise UnsafeFileError(
-            f"refused to load {path}: it is a pickle that would import {culprit or 'arbitrary code'}. "
+            f"refused to load {path}: it is a pickle that would import "
+            f"{', '.join(culprits[:3]) or 'objects other than tensors'} (loading it could run code). "
             "Save weights with safetensors or torch.save(model.state_dict())"
         ) from None
     except Exception as e:

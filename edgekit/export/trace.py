@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -32,14 +33,12 @@ def summarize(e: BaseException) -> str:
     first = first[:300]
     frames = [m for m in _USER_FRAME.finditer(text) if "site-packages" not in m.group(1)]
     if not frames:
-        tb = e.__traceback__
-        while tb is not None:  # fall back to the deepest frame outside installed packages
+        tb, user = e.__traceback__, None
+        while tb is not None:  # fall back to the deepest frame in the user's own files
             fname = tb.tb_frame.f_code.co_filename
-            if "site-packages" not in fname and "/edgekit/" not in fname:
-                frames_line = f"{fname}:{tb.tb_lineno}"
-                first = f"{first} (at {frames_line})"
-                break
+            if os.path.isfile(fname) and "site-packages" not in fname and f"{os.sep}edgekit{os.sep}" not in fname:
+                user = f"{fname}:{tb.tb_lineno} in {tb.tb_frame.f_code.co_name}"
             tb = tb.tb_next
-        return f"{type(e).__name__}: {first}"
+        return f"{type(e).__name__}: {first}" + (f" (at {user})" if user else "")
     f = frames[-1]
     return f"{type(e).__name__}: {first} (at {f.group(1)}:{f.group(2)} in {f.group(3)}: {f.group(4).strip()})"

@@ -1,0 +1,31 @@
+# The two README commands: `make demo` and `make test`. Both create .venv if missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+DEVICE ?= pixel8
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/edgekit build --device $(DEVICE) --force
+	@echo
+	@echo "Bundle written to build/$(DEVICE). Try:"
+	@echo "  $(VENV)/bin/edgekit inspect build/$(DEVICE)"
+	@echo "  $(VENV)/bin/python -m edgekit_runner build/$(DEVICE)"
+
+test: install
+	$(VENV)/bin/python -m pytest
+
+bench: install
+	$(VENV)/bin/python benchmarks/cli_startup.py
+
+clean:
+	rm -rf build .pytest_cache

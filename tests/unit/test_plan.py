@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from edgekit.errors import PlanError
+from edgekit.plan import make_plan
+from edgekit.profiles import load_profile
+
+
+def test_default_plan_pixel8():
+    plan = make_plan(load_profile("pixel8"))
+    assert (plan.format, plan.backend, plan.runtime) == ("executorch", "xnnpack", "executorch")
+    assert plan.validation == "target-runtime" and plan.atol == 1e-4
+    assert plan.profile_default_quant == "int8" and plan.quant == "none"
+
+
+def test_host_twin_for_backends_that_cannot_run_here():
+    assert make_plan(load_profile("iphone-15-pro")).validation == "host-twin"
+    assert make_plan(load_profile("galaxy-s24")).validation == "host-twin"
+    assert make_plan(load_profile("pixel8"), backend="vulkan").validation == "host-twin"
+
+
+def test_format_override_picks_a_backend_of_the_profile():
+    plan = make_plan(load_profile("pixel8"), fmt="tflite")
+    assert (plan.format, plan.backend) == ("tflite", "xnnpack")
+    plan = make_plan(load_profile("jetson-orin-nano"), fmt="onnx")
+    assert plan.backend == "tensorrt"
+
+
+def test_impossible_combination_names_what_works():
+    with pytest.raises(PlanError) as e:
+        make_plan(load_profile("jetson-orin-nano"), fmt="executorch", backend="coreml")
+    msg = str(e.value)
+    assert "executorch/coreml is not available on jetson-orin-nano" in msg
+    assert "onnx/tensorrt (gpu)" in msg and "executorch/xnnpack (cpu)" in msg
+
+
+def test_format_not_on_device():
+    with pytest.raises(PlanError, match="format 'tflite' is not available on iphone-15-pro"):
+        make_plan(load_profile("iphone-15-pro"), fmt="tflite")
+
+
+def test_precision_not_built_yet_is_rejected():
+    with pytest.raises(PlanError, match="precision 'int8'"):
+        make_plan(load_profile("pixel8"), precision="int8")
+
+
+def test_plan_round_trips_through_dict():
+    plan = make_plan(load_profile("raspberry-pi-5"))
+    assert type(plan).model_validate(plan.model_dump()) == plan
