@@ -26,6 +26,7 @@ test: install
 
 bench: install
 	$(VENV)/bin/python benchmarks/cli_startup.py
+	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano
 
 clean:
 	rm -rf build .pytest_cache

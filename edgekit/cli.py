@@ -277,8 +277,8 @@ def inspect(bundle: Path, as_json: bool) -> None:
         con.print(f"[bold]{bundle}[/] — {manifest['profile']['name']} ({manifest['profile']['id']}), "
                   f"built {manifest['created_at']}")
         con.print(f"  model       {m['file']}: {m['format']}/{m['backend']} {m['precision']}, {m['bytes']} bytes")
-        con.print(f"  inputs      " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in m["inputs"]))
-        con.print(f"  outputs     " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in m["outputs"]))
+        con.print("  inputs      " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in m["inputs"]))
+        con.print("  outputs     " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in m["outputs"]))
         if v:
             con.print(f"  validation  {v['where']} ({v['runtime'].get('runtime')} {v['runtime'].get('version')}): "
                       f"max abs err {v['max_abs_error']:.2e}, top-1 agreement {v['top1_agreement']:.1%}, "

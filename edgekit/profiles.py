@@ -26,7 +26,18 @@ from edgekit.errors import ProfileError
 
 SCHEMA_VERSION = 1
 PROFILES_ENV = "EDGEKIT_PROFILES_DIR"
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+
+def _builtin_dir() -> Path:
+    """device_profiles/ at the repo root, shipped in the wheel as package data edgekit.device_profiles."""
+    from importlib.util import find_spec
+
+    spec = find_spec("edgekit.device_profiles")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]).resolve()
+    return Path(__file__).resolve().parent.parent / "device_profiles"
+
+
+BUILTIN_DIR = _builtin_dir()
 
 Precision = Literal["fp32", "fp16", "int8", "int16", "int4-weight", "int8-weight"]
 Format = Literal["executorch", "onnx", "tflite"]
