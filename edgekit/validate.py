@@ -37,6 +37,8 @@ class ValidationResult:
     value: float
     reference_value: float
     host_latency_ms: dict[str, Any] = field(default_factory=dict)
+    # The tensors as the runtime names them (e.g. LiteRT's serving_default_image:0), for app developers.
+    runtime_io: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_abs_error(self) -> float:
@@ -85,4 +87,5 @@ def validate(artifact: Path, runtime: str, inputs: np.ndarray, labels: np.ndarra
         outputs=comparisons, top1_agreement=float((pred == ref_pred).mean()), metric="accuracy",
         value=float((pred == labels).mean()), reference_value=float((ref_pred == labels).mean()),
         host_latency_ms=latency,
+        runtime_io={"inputs": [asdict(t) for t in model.inputs], "outputs": [asdict(t) for t in model.outputs]},
     )
