@@ -78,7 +78,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         with torch.no_grad():
             reference = _as_numpy_list(model(torch.from_numpy(ev.x)))
         output_names = _output_names(project, len(reference))
-        example = (torch.from_numpy(ev.x[: inp.shape[0]]).clone(),)
+        example = (torch.from_numpy(ev.x[: inp.shape[0]]).clone(memory_format=torch.contiguous_format),)
 
         stage("export", f"{plan.format}/{plan.backend}")
         result = exporter.export(model, example, plan.backend, Path(work),

@@ -186,7 +186,9 @@ def load_data(project: ProjectSpec) -> dict[str, Split]:
                                f"{inp.name!r} is declared as {tuple(inp.shape)} (batch first)")
         if len(x) != len(y) or len(x) == 0:
             raise ProjectError(f"data split {name!r}: {len(x)} inputs and {len(y)} labels; need as many, at least one")
-        splits[name] = Split(x.astype(inp.dtype), y.astype(np.int64))
+        # A fresh C-order copy: standard strides even on size-1 axes (numpy keeps odd ones from
+        # x[:, None]; torch.export reads them as a channels-last dim order and XNNPACK then fails).
+        splits[name] = Split(np.array(x, dtype=inp.dtype, order="C"), np.array(y, dtype=np.int64))
     return splits
 
 

@@ -17,7 +17,7 @@ def load_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
+    x = (digits.images / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
     y = digits.target.astype(np.int64)
     order = np.random.default_rng(SEED).permutation(len(x))
     ev, ca, tr = order[:N_EVAL], order[N_EVAL:N_EVAL + N_CALIB], order[N_EVAL + N_CALIB:]

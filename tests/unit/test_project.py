@@ -65,6 +65,18 @@ def test_loads_model_and_data(tmp_path):
     assert isinstance(load_model(spec), torch.nn.Module)
 
 
+def test_splits_have_standard_strides(tmp_path):
+    (tmp_path / "odd.py").write_text(
+        "import numpy as np\n"
+        "def splits():\n"
+        "    x = np.zeros((6, 8, 8), np.float32)[:, None]  # size-1 axis with a non-standard stride\n"
+        "    y = np.zeros(6, np.int64)\n"
+        "    return {'train': (x, y), 'calib': (x, y), 'eval': (x, y)}\n")
+    spec = load_project(make_project(tmp_path, data="odd.py:splits"))
+    x = load_data(spec)["eval"].x
+    assert x.strides == (256, 256, 32, 4)
+
+
 def test_missing_project_file(tmp_path):
     with pytest.raises(ProjectError, match="no project file"):
         load_project(tmp_path)

@@ -61,7 +61,8 @@ def _executorch(path: Path, threads: int | None, target: str | None) -> LoadedMo
     outputs = [_et_info(f"output_{i}", meta.output_tensor_meta(i)) for i in range(meta.num_outputs())]
 
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
-        outs = method.execute([torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+        # standard strides: ExecuTorch derives the dim order from them (size-1 axes included)
+        outs = method.execute([torch.from_numpy(a).clone(memory_format=torch.contiguous_format) for a in arrays])
         return [o.detach().numpy().copy() for o in outs]
 
     return LoadedModel(run, inputs, outputs, {"runtime": "executorch", "version": _version("executorch"),
