@@ -141,6 +141,11 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["executorch", "onnx", "tflite"]), default=None,
               help="Override the profile's default format.")
 @click.option("--backend", default=None, help="Override the backend (xnnpack, coreml, vulkan, cpu, qnn, ...).")
+@click.option("--quant", type=click.Choice(["none", "int8", "auto"]), default="none", show_default=True,
+              help="Quantize with the backend's own quantizer: int8 = W8A8 post-training, calibrated on the "
+                   "project's calib split; auto = the profile's recommended scheme.")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Calibration samples for --quant int8.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Bundle folder  [default: build/<device>]")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (atomically).")
@@ -148,7 +153,7 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @click.pass_context
 def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
-          out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+          quant: str, calib_samples: int, out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
     """Export, validate and bundle the project's model for DEVICE."""
     from edgekit.bundle import check_destination
     from edgekit.plan import make_plan
@@ -156,7 +161,7 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
 
     profile = _registry(ctx).load(device)
     spec = load_project(project)
-    plan = make_plan(profile, fmt, backend)
+    plan = make_plan(profile, fmt, backend, quant=quant, calib_samples=calib_samples)
     out = out or Path("build") / profile.id
     if dry_run:
         _print_plan(_console(), plan, spec, out)
@@ -201,27 +206,44 @@ def _print_plan(con: Any, plan: Any, spec: Any, out: Path) -> None:
 
 
 def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
+    from rich.table import Table
+
     v, m = result.validation, result.manifest["model"]
     size_mb = m["bytes"] / 1e6
     where = ("in its target runtime" if v.where == "target-runtime"
              else f"on a host twin: {result.plan.host_twin}")
-    rows = [
-        ("artifact", f"{m['file']}  {m['format']}/{m['backend']} {m['precision']}, {m['bytes'] / 1024:.1f} KiB"),
-        ("validated", f"{where} ({v.runtime.get('runtime')} {v.runtime.get('version')}), {v.n_samples} samples"),
-        ("max abs error", f"{v.max_abs_error:.2e} (tolerance {v.atol:g})"),
-        (v.metric, f"PyTorch {v.reference_value:.2%} -> export {v.value:.2%}; top-1 agreement {v.top1_agreement:.1%}"),
-        ("host latency", f"median {v.host_latency_ms['median']:.3f} ms, p90 {v.host_latency_ms['p90']:.3f} ms "
-                         f"(batch {v.host_latency_ms['batch']}, this host, not the device)"),
-    ]
-    con.print("[bold]build summary[/]")
-    for label, value in rows:
-        con.print(f"  {label:<17} {value}")
+    con.print(f"[bold]build summary[/] — {m['file']} {m['format']}/{m['backend']} {m['precision']}, "
+              f"validated {where} ({v.runtime.get('runtime')} {v.runtime.get('version')}, {v.n_samples} samples)")
+    columns = [("fp32", result.baseline, result.manifest["baseline"]["bytes"])] if result.baseline else []
+    columns.append((m["precision"], v, m["bytes"]))
+    table = Table("", *[c[0] for c in columns], "PyTorch fp32")
+    rows = {
+        "size": [f"{b / 1024:.1f} KiB" for _, _, b in columns] + [""],
+        v.metric: [f"{c[1].value:.2%}" for c in columns] + [f"{v.reference_value:.2%}"],
+        "top-1 agreement with fp32": [f"{c[1].top1_agreement:.1%}" for c in columns] + [""],
+        "max abs error": [f"{c[1].max_abs_error:.2e}" for c in columns] + [""],
+        "SQNR vs PyTorch": [_sqnr(c[1]) for c in columns] + [""],
+        "host latency (median)": [f"{c[1].host_latency_ms['median']:.3f} ms" for c in columns] + [""],
+    }
+    for label, values in rows.items():
+        table.add_row(label, *values)
+    con.print(table)
+    check = (f"max abs error <= {v.atol:g}" if v.atol is not None
+             else f"accuracy drop {v.accuracy_drop:.2f} <= {v.max_accuracy_drop:g} points")
+    con.print(f"  passed: {check}; latency is this host's (batch {v.host_latency_ms['batch']}), not the device's")
+    for w in result.warnings:
+        con.print(f"  [yellow]warning[/]: {w}")
     if size_mb > profile.budgets.max_model_mb:
         con.print(f"  [yellow]warning[/]: model is {size_mb:.1f} MB, over {profile.id}'s budget of "
                   f"{profile.budgets.max_model_mb:g} MB")
     con.print(f"bundle: [bold]{result.bundle}[/] (built in {seconds:.1f} s)")
     con.print(f"  run it:   python -m edgekit_runner {result.bundle}")
     con.print(f"  check it: edgekit inspect {result.bundle}")
+
+
+def _sqnr(v: Any) -> str:
+    finite = [o.sqnr_db for o in v.outputs if o.sqnr_db is not None]
+    return f"{min(finite):.1f} dB" if finite else "exact"
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
-"""The build: load -> export -> validate -> bundle, one artifact handed from stage to stage.
+"""The build: load -> export -> validate [-> quantize -> validate] -> bundle.
 
-Quantization and distillation slot in as stages between load and export.
+The fp32 export is always built and validated against PyTorch (it is the baseline a
+quantized artifact is compared with). Distillation slots in as a stage after load.
 
 >>> # from edgekit.pipeline import build
 >>> # result = build(load_profile("pixel8"), load_project("."), plan, Path("build/pixel8"))
@@ -25,6 +26,7 @@ from edgekit.export import EXPORTERS
 from edgekit.plan import Plan
 from edgekit.profiles import DeviceProfile
 from edgekit.project import ProjectSpec, load_data, load_model
+from edgekit.quantize.schemes import scheme_from_dict
 from edgekit.validate import ValidationResult, validate
 
 VERSIONED = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntime", "litert-torch",
@@ -40,6 +42,8 @@ class BuildResult:
     manifest: dict[str, Any]
     validation: ValidationResult
     timings_s: dict[str, float] = field(default_factory=dict)
+    baseline: ValidationResult | None = None  # the fp32 artifact's, when the bundle is quantized
+    warnings: list[str] = field(default_factory=list)
 
 
 def tool_versions() -> dict[str, str]:
@@ -80,16 +84,34 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         output_names = _output_names(project, len(reference))
         example = (torch.from_numpy(ev.x[: inp.shape[0]]).clone(memory_format=torch.contiguous_format),)
 
-        stage("export", f"{plan.format}/{plan.backend}")
-        result = exporter.export(model, example, plan.backend, Path(work),
-                                 input_names=[inp.name], output_names=output_names)
+        stage("export", f"{plan.format}/{plan.backend} fp32")
+        names = {"input_names": [inp.name], "output_names": output_names}
+        fp32 = exporter.export(model, example, plan.backend, _subdir(work, "fp32"), **names)
 
-        stage("validate", "in the target runtime" if plan.validation == "target-runtime" else "on the host twin")
-        artifact = result.model_path if plan.validation == "target-runtime" else result.twin_path
-        validation = validate(artifact, plan.runtime, ev.x, ev.y, reference, output_names, plan.atol,
-                              plan.validation,
-                              target=plan.runtime_target if plan.validation == "target-runtime" else None)
-        validation.raise_if_failed()
+        def check(result: Any, atol: float | None, drop: float | None) -> ValidationResult:
+            on_host = plan.validation == "target-runtime"
+            v = validate(result.model_path if on_host else result.twin_path, plan.runtime, ev.x, ev.y, reference,
+                         output_names, atol, plan.validation, target=plan.runtime_target if on_host else None,
+                         max_accuracy_drop=drop)
+            v.raise_if_failed()
+            return v
+
+        stage("validate", "fp32 against PyTorch " + ("in the target runtime" if plan.validation == "target-runtime"
+                                                     else "on the host twin"))
+        fp32_validation = check(fp32, exporter.atol["fp32"], None)
+        result, validation, warnings = fp32, fp32_validation, []
+        if plan.quant_scheme:
+            scheme = scheme_from_dict(plan.quant_scheme)
+            calib = splits["calib"].x
+            if len(calib) < scheme.calib_samples:
+                warnings.append(f"calibration split has {len(calib)} samples, fewer than the "
+                                f"{scheme.calib_samples} requested; used {len(calib)}")
+            stage("quantize", f"{plan.quant} with the backend's own quantizer, "
+                              f"{min(len(calib), scheme.calib_samples)} calibration samples")
+            result = exporter.export(model, example, plan.backend, _subdir(work, "quant"), **names,
+                                     quant=scheme, calib=calib)
+            stage("validate-quantized", f"{plan.quant} against PyTorch fp32")
+            validation = check(result, None, plan.max_accuracy_drop)
 
         stage("bundle", str(out))
         staging = writer.staging
@@ -120,13 +142,24 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
                                 "reference": list(reference[0].shape)}},
             "runner": {"package": "edgekit_runner", "command": "python -m edgekit_runner ."},
             "validation": validation.to_dict(),
+            "baseline": None if result is fp32 else {
+                "precision": "fp32", "bytes": fp32.model_path.stat().st_size,
+                "validation": fp32_validation.to_dict()},
+            "warnings": warnings,
             "versions": tool_versions(),
             "seed": project.seed,
         }
         stage("done", "")
         manifest["timings_s"] = timings
         bundle = writer.commit(manifest)
-    return BuildResult(bundle, plan, manifest, validation, timings)
+    return BuildResult(bundle, plan, manifest, validation, timings,
+                       None if result is fp32 else fp32_validation, warnings)
+
+
+def _subdir(root: str, name: str) -> Path:
+    path = Path(root) / name
+    path.mkdir()
+    return path
 
 
 def _as_numpy_list(out: Any) -> list[np.ndarray]:

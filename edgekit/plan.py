@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from edgekit.errors import PlanError
 from edgekit.export import EXPORTERS
 from edgekit.profiles import DeviceProfile
+from edgekit.quantize.schemes import SCHEMES
 
 SCHEMA_VERSION = 1
 
@@ -34,10 +35,13 @@ class Plan(BaseModel):
     runtime_target: str
     precision: str
     quant: str
+    quant_scheme: dict | None = None
     profile_default_quant: str
     validation: Literal["target-runtime", "host-twin"]
     host_twin: str
-    atol: float
+    # fp32: every output within atol of PyTorch. Quantized: accuracy within the profile's budget.
+    atol: float | None
+    max_accuracy_drop: float | None = None
     stages: tuple[str, ...]
 
     def describe(self) -> list[tuple[str, str]]:
@@ -45,12 +49,16 @@ class Plan(BaseModel):
         where = ("in its target runtime on this host" if self.validation == "target-runtime"
                  else f"host twin: {self.host_twin}")
         quant = self.quant if self.quant != "none" else "none (fp32)"
+        if self.quant_scheme:
+            quant += f" ({', '.join(f'{k}={v}' for k, v in self.quant_scheme.items() if k != 'scheme')})"
+        check = (f"max abs error <= {self.atol:g}" if self.atol is not None else
+                 f"accuracy within {self.max_accuracy_drop:g} points of fp32 (profile budget)")
         return [
             ("device", f"{self.device} ({self.compute_unit})"),
             ("format / backend", f"{self.format} / {self.backend}: {self.backend_description}"),
             ("precision", self.precision),
             ("quantization", f"{quant}; profile recommends {self.profile_default_quant}"),
-            ("validation", f"{where}, max abs error <= {self.atol:g}"),
+            ("validation", f"{where}, {check}"),
             ("stages", " -> ".join(self.stages)),
         ]
 
@@ -61,9 +69,27 @@ def valid_paths(profile: DeviceProfile) -> list[tuple[str, str, str]]:
             if p.format in EXPORTERS and p.backend in EXPORTERS[p.format].backends]
 
 
+QUANT_CHOICES = ("none", "int8", "auto")
+
+
+def resolve_quant(profile: DeviceProfile, quant: str) -> str:
+    """``auto`` = the profile's recommended scheme, if this edgekit can build it."""
+    if quant != "auto":
+        return quant
+    if profile.default.quant not in ("none", *SCHEMES):
+        raise PlanError(f"{profile.id} recommends {profile.default.quant!r}, which this edgekit cannot build yet; "
+                        f"use --quant {' or --quant '.join(['none', *SCHEMES])}")
+    return profile.default.quant
+
+
 def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
-              precision: str = "fp32") -> Plan:
+              quant: str = "none", calib_samples: int = 128) -> Plan:
     """Pick format/backend (profile default unless overridden) and check it can be built."""
+    quant = resolve_quant(profile, quant)
+    if quant not in ("none", *SCHEMES):
+        raise PlanError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANT_CHOICES)}")
+    scheme = SCHEMES[quant](calib_samples=calib_samples) if quant != "none" else None
+    precision = scheme.precision if scheme else "fp32"
     options = valid_paths(profile)
     listed = ", ".join(f"{f}/{b} ({k})" for f, b, k in options)
     default = (profile.default.format, profile.default.backend)
@@ -86,13 +112,20 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
     spec = EXPORTERS[fmt].backends[backend]
     if precision not in spec.precisions or precision not in path.precisions:
         ok = sorted(set(spec.precisions) & set(path.precisions))
-        raise PlanError(f"precision {precision!r} is not available for {fmt}/{backend} on {profile.id}; "
-                        f"this edgekit builds: {', '.join(ok) or 'none'}")
+        others = [f"{f}/{b}" for f, b, _ in options
+                  if precision in EXPORTERS[f].backends[b].precisions
+                  and precision in profile.find_path(f, b)[1].precisions]
+        raise PlanError(f"{precision} is not available for {fmt}/{backend} on {profile.id} "
+                        f"(it builds: {', '.join(ok) or 'nothing'}); {precision} works with: "
+                        f"{', '.join(others) or 'no path of this device'}")
     return Plan(
         device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend,
         backend_description=spec.description, runtime=EXPORTERS[fmt].runtime, runtime_target=spec.runtime_target,
-        precision=precision, quant="none", profile_default_quant=profile.default.quant,
+        precision=precision, quant=quant, quant_scheme=scheme.to_dict() if scheme else None,
+        profile_default_quant=profile.default.quant,
         validation="target-runtime" if spec.runs_on_host else "host-twin", host_twin=spec.host_twin,
-        atol=EXPORTERS[fmt].atol[precision],
-        stages=("load", "export", "validate", "bundle"),
+        atol=EXPORTERS[fmt].atol.get(precision),
+        max_accuracy_drop=profile.budgets.max_accuracy_drop if scheme else None,
+        stages=("load", "export", "validate", "quantize", "validate", "bundle") if scheme
+        else ("load", "export", "validate", "bundle"),
     )

@@ -7,6 +7,7 @@ naming the output and its largest error.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ class OutputComparison:
     max_abs_error: float
     mean_abs_error: float
     shape: list[int]
+    sqnr_db: float | None = None  # signal-to-noise ratio vs PyTorch; None when identical (infinite)
 
 
 @dataclass
@@ -30,13 +32,14 @@ class ValidationResult:
     runtime: dict[str, Any]
     artifact: str
     n_samples: int
-    atol: float
+    atol: float | None  # None for quantized artifacts: judged by the accuracy budget instead
     outputs: list[OutputComparison]
     top1_agreement: float
     metric: str
     value: float
     reference_value: float
     host_latency_ms: dict[str, Any] = field(default_factory=dict)
+    max_accuracy_drop: float | None = None  # percentage points vs the PyTorch fp32 reference
     # The tensors as the runtime names them (e.g. LiteRT's serving_default_image:0), for app developers.
     runtime_io: dict[str, Any] = field(default_factory=dict)
 
@@ -45,12 +48,25 @@ class ValidationResult:
         return max(o.max_abs_error for o in self.outputs)
 
     @property
+    def accuracy_drop(self) -> float:
+        """Percentage points lost against the PyTorch fp32 reference."""
+        return (self.reference_value - self.value) * 100
+
+    @property
     def passed(self) -> bool:
-        return all(o.max_abs_error <= self.atol for o in self.outputs)
+        close = self.atol is None or all(o.max_abs_error <= self.atol for o in self.outputs)
+        budget = self.max_accuracy_drop is None or self.accuracy_drop <= self.max_accuracy_drop + 1e-9
+        return close and budget
 
     def raise_if_failed(self) -> None:
+        if self.max_accuracy_drop is not None and not self.accuracy_drop <= self.max_accuracy_drop + 1e-9:
+            raise ValidationFailed(
+                f"{self.artifact}: {self.metric} {self.value:.2%} is {self.accuracy_drop:.2f} points below "
+                f"PyTorch fp32 {self.reference_value:.2%}, over the budget of {self.max_accuracy_drop:g} points "
+                f"(top-1 agreement {self.top1_agreement:.1%}); try more --calib-samples or --quant none"
+            )
         for o in self.outputs:
-            if not (o.max_abs_error <= self.atol):  # NaN fails too
+            if self.atol is not None and not (o.max_abs_error <= self.atol):  # NaN fails too
                 raise ValidationFailed(
                     f"output {o.name!r} of {self.artifact} differs from PyTorch by up to {o.max_abs_error:.3g} "
                     f"(tolerance {self.atol:g}; top-1 agreement {self.top1_agreement:.1%}, "
@@ -59,14 +75,20 @@ class ValidationResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(max_abs_error=self.max_abs_error, passed=self.passed)
+        d.update(max_abs_error=self.max_abs_error, accuracy_drop=self.accuracy_drop, passed=self.passed)
         return d
 
 
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # keeps manifest.json standard JSON (no Infinity)
+
+
 def validate(artifact: Path, runtime: str, inputs: np.ndarray, labels: np.ndarray,
-             reference: list[np.ndarray], output_names: list[str], atol: float, where: str,
-             target: str | None = None, timing_runs: int = 50) -> ValidationResult:
+             reference: list[np.ndarray], output_names: list[str], atol: float | None, where: str,
+             target: str | None = None, timing_runs: int = 50,
+             max_accuracy_drop: float | None = None) -> ValidationResult:
     """Run ``artifact`` on ``inputs`` in ``runtime`` and compare with ``reference`` outputs."""
+    from edgekit.quantize.numerics import sqnr_db
     from edgekit_runner import evaluate, runtimes
 
     model = runtimes.load(artifact, runtime, target=target)
@@ -79,13 +101,14 @@ def validate(artifact: Path, runtime: str, inputs: np.ndarray, labels: np.ndarra
             raise ValidationFailed(f"output {name!r} of {artifact} has shape {list(got.shape)}, "
                                    f"PyTorch has {list(ref.shape)}")
         diff = np.abs(got.reshape(ref.shape).astype(np.float64) - ref)
-        comparisons.append(OutputComparison(name, float(diff.max()), float(diff.mean()), list(ref.shape)))
+        comparisons.append(OutputComparison(name, float(diff.max()), float(diff.mean()), list(ref.shape),
+                                            _finite(sqnr_db(ref, got.reshape(ref.shape)))))
     pred, ref_pred = evaluate.top1(outs[0]), evaluate.top1(reference[0])
     latency = evaluate.time_model(model, inputs[: evaluate.batch_size(model)], runs=timing_runs, warmup=5)
     return ValidationResult(
         where=where, runtime=model.info, artifact=artifact.name, n_samples=len(inputs), atol=atol,
         outputs=comparisons, top1_agreement=float((pred == ref_pred).mean()), metric="accuracy",
         value=float((pred == labels).mean()), reference_value=float((ref_pred == labels).mean()),
-        host_latency_ms=latency,
+        host_latency_ms=latency, max_accuracy_drop=max_accuracy_drop,
         runtime_io={"inputs": [asdict(t) for t in model.inputs], "outputs": [asdict(t) for t in model.outputs]},
     )

@@ -52,8 +52,12 @@ class Exporter:
     atol: dict[str, float] = {}
 
     def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,
-               input_names: list[str] | None = None, output_names: list[str] | None = None) -> ExportResult:
-        """Write the artifact for ``backend`` into ``out_dir``; raise ExportError on failure."""
+               input_names: list[str] | None = None, output_names: list[str] | None = None,
+               quant: Any = None, calib: Any = None) -> ExportResult:
+        """Write the artifact for ``backend`` into ``out_dir``; raise ExportError on failure.
+
+        With ``quant`` (a scheme from :mod:`edgekit.quantize.schemes`), quantize with the
+        backend's own quantizer, calibrating on ``calib`` (N, ...) samples."""
         raise NotImplementedError
 
     def backend(self, name: str) -> BackendSpec:

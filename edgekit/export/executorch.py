@@ -25,7 +25,7 @@ class ExecuTorchExporter(Exporter):
     atol = {"fp32": 1e-4}
     backends = {
         "xnnpack": BackendSpec(
-            "xnnpack", "XNNPACK delegate (Arm / x86 CPU)", ("fp32",), True, runtime_target="XnnpackBackend"
+            "xnnpack", "XNNPACK delegate (Arm / x86 CPU)", ("fp32", "int8"), True, runtime_target="XnnpackBackend"
         ),
         "coreml": BackendSpec(
             "coreml", "Core ML delegate (Apple Neural Engine / GPU / CPU)", ("fp32",), False,
@@ -38,12 +38,21 @@ class ExecuTorchExporter(Exporter):
     }
 
     def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,
-               input_names: list[str] | None = None, output_names: list[str] | None = None) -> ExportResult:
+               input_names: list[str] | None = None, output_names: list[str] | None = None,
+               quant: Any = None, calib: Any = None) -> ExportResult:
+        quant_details = {}
+        if quant is not None:  # PT2E with the XNNPACK quantizer (the planner allows int8 only there)
+            from edgekit.quantize import backends as qb
+
+            batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
+            model = qb.pt2e_quantize(model, example_inputs, batches, qb.xnnpack_quantizer(quant))
+            quant_details = {"quantization": {**quant.to_dict(), "tool": "PT2E XNNPACKQuantizer",
+                                              "calibration_batches": len(batches)}}
         ep = export_program(model, example_inputs)
         path = out_dir / f"model{self.extension}"
         edge = _lower(ep, backend)
         path.write_bytes(_serialize(edge, backend))
-        result = ExportResult(model_path=path, details=_delegation(edge))
+        result = ExportResult(model_path=path, details={**_delegation(edge), **quant_details})
         if not self.backends[backend].runs_on_host:
             twin = out_dir / "host-twin" / f"model{self.extension}"
             twin.parent.mkdir(parents=True, exist_ok=True)

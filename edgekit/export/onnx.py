@@ -25,32 +25,42 @@ class OnnxExporter(Exporter):
     runtime = "onnxruntime"
     atol = {"fp32": 1e-4}
     backends = {
-        "cpu": BackendSpec("cpu", "ONNX Runtime CPU execution provider", ("fp32",), True,
+        "cpu": BackendSpec("cpu", "ONNX Runtime CPU execution provider", ("fp32", "int8"), True,
                            runtime_target="CPUExecutionProvider"),
-        "qnn": BackendSpec("qnn", "ONNX Runtime QNN EP (Qualcomm Hexagon HTP)", ("fp32",), False,
+        "qnn": BackendSpec("qnn", "ONNX Runtime QNN EP (Qualcomm Hexagon HTP)", ("fp32", "int8"), False,
                            host_twin=_TWIN, runtime_target="QNNExecutionProvider"),
-        "tensorrt": BackendSpec("tensorrt", "ONNX Runtime TensorRT EP (NVIDIA GPU)", ("fp32",), False,
+        "tensorrt": BackendSpec("tensorrt", "ONNX Runtime TensorRT EP (NVIDIA GPU)", ("fp32", "int8"), False,
                                 host_twin=_TWIN, runtime_target="TensorrtExecutionProvider"),
         "cuda": BackendSpec("cuda", "ONNX Runtime CUDA EP (NVIDIA GPU)", ("fp32",), False,
                             host_twin=_TWIN, runtime_target="CUDAExecutionProvider"),
     }
 
     def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,
-               input_names: list[str] | None = None, output_names: list[str] | None = None) -> ExportResult:
+               input_names: list[str] | None = None, output_names: list[str] | None = None,
+               quant: Any = None, calib: Any = None) -> ExportResult:
         import onnx
         import torch
 
         ep = export_program(model, example_inputs)
         path = out_dir / f"model{self.extension}"
+        fp32_path = path if quant is None else out_dir / f"model-fp32{self.extension}"
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 program = torch.onnx.export(ep, example_inputs, dynamo=True, verbose=False,
                                             input_names=input_names, output_names=output_names)
-            program.save(str(path))
-            onnx.checker.check_model(str(path), full_check=True)
+            program.save(str(fp32_path))
+            onnx.checker.check_model(str(fp32_path), full_check=True)
         except Exception as e:
             raise ExportError(f"ONNX export failed: {summarize(e)}") from e
+        details: dict[str, Any] = {}
+        if quant is not None:  # ONNX Runtime's own QDQ quantizer, configured for the EP
+            from edgekit.quantize import backends as qb
+
+            batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
+            input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+            tool = qb.ort_quantize(fp32_path, path, input_name, batches, backend, quant)
+            details["quantization"] = {**quant.to_dict(), **tool, "calibration_batches": len(batches)}
         opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
                       if o.domain in ("", "ai.onnx")), None)
         return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
-                            details={"opset": opset})
+                            details={"opset": opset, **details})

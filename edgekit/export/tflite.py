@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import ExportError
+from edgekit.errors import EdgekitError, ExportError
 from edgekit.export.base import BackendSpec, Exporter, ExportResult
 from edgekit.export.trace import export_program, summarize
 
@@ -22,7 +22,7 @@ class TFLiteExporter(Exporter):
     runtime = "litert"
     atol = {"fp32": 1e-4}
     backends = {
-        "xnnpack": BackendSpec("xnnpack", "LiteRT CPU with the XNNPACK delegate", ("fp32",), True,
+        "xnnpack": BackendSpec("xnnpack", "LiteRT CPU with the XNNPACK delegate", ("fp32", "int8"), True,
                                runtime_target="XNNPACK delegate"),
         "gpu": BackendSpec("gpu", "LiteRT GPU delegate (OpenCL / OpenGL ES)", ("fp32",), False,
                            host_twin="the same .tflite file on LiteRT's CPU (XNNPACK)",
@@ -30,18 +30,35 @@ class TFLiteExporter(Exporter):
     }
 
     def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,
-               input_names: list[str] | None = None, output_names: list[str] | None = None) -> ExportResult:
+               input_names: list[str] | None = None, output_names: list[str] | None = None,
+               quant: Any = None, calib: Any = None) -> ExportResult:
         export_program(model, example_inputs)  # same clear error as the other formats if untraceable
         path = out_dir / f"model{self.extension}"
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.WARNING)  # litert-torch logs every lowered op at INFO on the root logger
+        details: dict[str, Any] = {}
         try:
             import litert_torch
 
-            litert_torch.convert(model.eval(), example_inputs).export(str(path))
+            kwargs = {}
+            if quant is not None:  # full-integer int8 with litert-torch's PT2E quantizer: int8 I/O tensors
+                from litert_torch.quantize.quant_config import QuantConfig
+
+                from edgekit.quantize import backends as qb
+
+                quantizer = qb.litert_quantizer(quant)
+                batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
+                model = qb.pt2e_quantize(model, example_inputs, batches, quantizer, fold=False)
+                kwargs["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
+                details["quantization"] = {**quant.to_dict(), "tool": "litert-torch PT2EQuantizer",
+                                           "calibration_batches": len(batches), "io": "int8"}
+            litert_torch.convert(model.eval() if quant is None else model, example_inputs, **kwargs).export(str(path))
+        except EdgekitError:
+            raise
         except Exception as e:
             raise ExportError(f"TFLite conversion failed: {summarize(e)}") from e
         finally:
             root.setLevel(level)
-        return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path)
+        return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
+                            details=details)

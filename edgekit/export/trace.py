@@ -19,9 +19,11 @@ def export_program(model: Any, example_inputs: tuple) -> Any:
     """
     import torch
 
+    if not isinstance(model, torch.fx.GraphModule):  # exported/quantized graphs refuse .eval()
+        model = model.eval()
     try:
         with torch.no_grad():
-            return torch.export.export(model.eval(), example_inputs, strict=False)
+            return torch.export.export(model, example_inputs, strict=False)
     except Exception as e:  # torch raises many types here; all mean "cannot export"
         raise ExportError(f"torch.export cannot trace {type(model).__name__}.forward: {summarize(e)}") from e
 

@@ -40,11 +40,6 @@ def test_format_not_on_device():
         make_plan(load_profile("iphone-15-pro"), fmt="tflite")
 
 
-def test_precision_not_built_yet_is_rejected():
-    with pytest.raises(PlanError, match="precision 'int8'"):
-        make_plan(load_profile("pixel8"), precision="int8")
-
-
 def test_plan_round_trips_through_dict():
     plan = make_plan(load_profile("raspberry-pi-5"))
     assert type(plan).model_validate(plan.model_dump()) == plan

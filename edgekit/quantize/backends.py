@@ -1,0 +1,104 @@
+"""Backend-native quantization: each backend's own quantizer, never a reimplementation.
+
+- ExecuTorch + XNNPACK: PT2E with ``XNNPACKQuantizer`` (int8 symmetric per-channel weights,
+  int8 asymmetric activations), lowered to XNNPACK's quantized kernels.
+- TFLite: PT2E with litert-torch's ``PT2EQuantizer``; full-integer model with int8 I/O
+  (the runner quantizes inputs and dequantizes outputs with the tensors' parameters).
+- ONNX: ONNX Runtime's ``quantize_static`` on the fp32 file, QDQ format, because the
+  execution providers (QNN, TensorRT) consume QDQ graphs produced by ORT's own tools:
+  CPU EP uint8 activations / int8 weights; QNN HTP through ``get_qnn_qdq_config``
+  (uint8 activations, int8 symmetric weights); TensorRT symmetric int8 activations and weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from edgekit.errors import ExportError
+from edgekit.quantize.numerics import QuantizationError
+from edgekit.quantize.schemes import Int8Static
+
+
+def calibration_batches(calib: np.ndarray, batch: int, scheme: Int8Static) -> list[np.ndarray]:
+    """The first ``calib_samples`` samples in batches of the model's static batch size."""
+    x = calib[: scheme.calib_samples]
+    bad = ~np.isfinite(x)
+    if bad.any():
+        idx = int(np.argwhere(bad.reshape(len(x), -1).any(axis=1))[0][0])
+        raise QuantizationError(f"calibration sample {idx} of the model input contains NaN or Inf; "
+                                "fix the calibration split")
+    n = len(x) - len(x) % batch
+    return [np.array(x[i:i + batch], order="C") for i in range(0, n, batch)]
+
+
+def pt2e_quantize(model: Any, example: tuple, batches: Iterable[np.ndarray], quantizer: Any,
+                  fold: bool = True) -> Any:
+    """prepare_pt2e -> run calibration -> convert_pt2e; returns the converted GraphModule."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from edgekit.export.trace import export_program, summarize
+
+    graph = export_program(model, example).module()
+    try:
+        prepared = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for b in batches:
+                prepared(torch.from_numpy(b))
+        return convert_pt2e(prepared, fold_quantize=fold)
+    except Exception as e:
+        raise ExportError(f"PT2E quantization failed: {summarize(e)}") from e
+
+
+def xnnpack_quantizer(scheme: Int8Static) -> Any:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=scheme.per_channel))
+
+
+def litert_quantizer(scheme: Int8Static) -> Any:
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+    return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=scheme.per_channel))
+
+
+def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.ndarray], backend: str,
+                 scheme: Int8Static) -> dict[str, Any]:
+    """QDQ-quantize an fp32 .onnx with ONNX Runtime's own tools, configured for ``backend``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{input_name: b} for b in batches])
+
+        def get_next(self) -> dict | None:
+            return next(self._it, None)
+
+    try:
+        if backend == "qnn":
+            from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+            config = get_qnn_qdq_config(str(fp32_path), Reader(), activation_type=QuantType.QUInt8,
+                                        weight_type=QuantType.QInt8, per_channel=scheme.per_channel)
+            quantize(str(fp32_path), str(out_path), config)
+            return {"tool": "onnxruntime get_qnn_qdq_config + quantize", "activations": "uint8", "weights": "int8"}
+        symmetric = backend == "tensorrt"  # TensorRT takes symmetric int8 Q/DQ only
+        quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=scheme.per_channel,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+    except QuantizationError:
+        raise
+    except Exception as e:
+        from edgekit.export.trace import summarize
+
+        raise ExportError(f"ONNX Runtime quantization failed: {summarize(e)}") from e
+    return {"tool": "onnxruntime quantize_static (QDQ)", "activations": "int8" if symmetric else "uint8",
+            "weights": "int8"}

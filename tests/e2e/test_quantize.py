@@ -1,0 +1,120 @@
+"""`edgekit build --quant int8`: each backend's own quantizer, validated against PyTorch fp32."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit.bundle import verify
+from edgekit.cli import cli
+
+pytestmark = pytest.mark.slow
+
+INT8 = ["pixel8", "raspberry-pi-5", "galaxy-s24", "jetson-orin-nano"]
+
+
+@pytest.mark.parametrize("device", INT8)
+def test_int8_within_the_accuracy_budget_and_smaller(device, built):
+    out = built(device, "--quant", "int8")
+    manifest, problems = verify(out)
+    assert problems == []
+    v, base = manifest["validation"], manifest["baseline"]
+    assert manifest["model"]["precision"] == "int8" and manifest["plan"]["quant"] == "int8"
+    assert v["passed"] and v["accuracy_drop"] <= 1.0  # the digits acceptance figure
+    assert v["max_accuracy_drop"] == manifest["profile"]["budgets"]["max_accuracy_drop"]
+    assert v["top1_agreement"] >= 0.98
+    assert 20 < v["outputs"][0]["sqnr_db"] < 80  # quantized: close, but not fp32-exact
+    assert base["precision"] == "fp32" and base["validation"]["max_abs_error"] < 1e-4
+    assert manifest["model"]["bytes"] < base["bytes"]
+    q = manifest["model"]["export_details"]["quantization"]
+    assert q["scheme"] == "int8" and q["per_channel"] and q["calibration_batches"] == 128
+
+
+def test_executorch_int8_is_delegated_to_xnnpack(built):
+    details = verify(built("pixel8", "--quant", "int8"))[0]["model"]["export_details"]
+    assert details["delegate_backends"] == ["XnnpackBackend"] and details["ops_outside_delegate"] == []
+    assert details["quantization"]["tool"] == "PT2E XNNPACKQuantizer"
+
+
+def test_tflite_int8_has_int8_io(built):
+    v = verify(built("raspberry-pi-5", "--quant", "int8"))[0]["validation"]
+    assert v["runtime_io"]["inputs"][0]["dtype"] == "int8" and v["runtime_io"]["outputs"][0]["dtype"] == "int8"
+    assert v["runtime"]["io_quantized"] is True
+
+
+@pytest.mark.parametrize("device,act_type", [("galaxy-s24", 2), ("jetson-orin-nano", 3)])  # UINT8, INT8
+def test_onnx_int8_is_qdq_for_the_execution_provider(device, act_type, built):
+    import onnx
+
+    model = onnx.load(str(built(device, "--quant", "int8") / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    inits = {i.name: i for i in model.graph.initializer}
+    q_input = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image")
+    assert inits[q_input.input[2]].data_type == act_type  # activation zero point type
+
+
+def test_int8_tflite_bundle_runs_without_torch(built):
+    import subprocess
+
+    from conftest import runner_venv
+
+    bundle = built("raspberry-pi-5", "--quant", "int8")
+    proc = subprocess.run([str(runner_venv("tflite")), "-m", "edgekit_runner", ".", "--runs", "3"], cwd=bundle,
+                          capture_output=True, text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert report["runtime"]["runtime"] == "tflite-runtime" and report["runtime"]["io_quantized"]
+    assert report["metrics"]["accuracy"] == pytest.approx(manifest["validation"]["value"])
+
+
+def _digits_project_with(tmp_path, root, data_py: str):
+    (tmp_path / "data_mod.py").write_text(data_py.replace("ROOT", str(root / "examples" / "digits")))
+    text = (root / "edgekit.toml").read_text()
+    text = text.replace("examples/digits/data.py:load_splits", "data_mod.py:load_splits")
+    text = text.replace("examples/digits/model.py", str(root / "examples/digits/model.py"))
+    (tmp_path / "edgekit.toml").write_text(text)
+    return tmp_path
+
+
+def test_nan_in_calibration_data_is_named(tmp_path, root):
+    project = _digits_project_with(tmp_path, root, (
+        "import sys\nsys.path.insert(0, 'ROOT')\nimport numpy as np\nfrom data import load_splits as real\n"
+        "def load_splits():\n    s = real()\n    x, y = s['calib']\n    x = x.copy()\n    x[3, 0, 2, 2] = np.nan\n"
+        "    s['calib'] = (x, y)\n    return s\n"))
+    result = CliRunner().invoke(cli, ["build", "-d", "pixel8", "--quant", "int8", "--project", str(project),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 4
+    assert "calibration sample 3 of the model input contains NaN or Inf" in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_calibration_samples_warns_with_the_number_used(tmp_path, root):
+    out = tmp_path / "few"
+    result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--format", "onnx", "--quant", "int8",
+                                      "--calib-samples", "500", "--project", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "calibration split has 180 samples, fewer than the 500 requested; used 180" in " ".join(
+        result.output.split())  # rich wraps long lines
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["warnings"] == ["calibration split has 180 samples, fewer than the 500 requested; used 180"]
+    assert manifest["model"]["export_details"]["quantization"]["calibration_batches"] == 180
+
+
+def test_constant_calibration_input_is_handled(tmp_path, root):
+    """All calibration images identical (a constant activation range): still builds, within budget or a clear error."""
+    project = _digits_project_with(tmp_path, root, (
+        "import sys\nsys.path.insert(0, 'ROOT')\nimport numpy as np\nfrom data import load_splits as real\n"
+        "def load_splits():\n    s = real()\n    x, y = s['calib']\n    s['calib'] = (np.zeros_like(x), y)\n"
+        "    return s\n"))
+    result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--format", "onnx", "--quant", "int8",
+                                      "--project", str(project), "--out", str(tmp_path / "out")])
+    assert result.exit_code in (0, 5), result.output
+    if result.exit_code == 5:  # the budget check caught the useless calibration, naming the drop
+        assert "points below PyTorch fp32" in " ".join(result.output.split()) and not (tmp_path / "out").exists()
+    else:
+        assert np.isfinite(json.loads((tmp_path / "out" / "manifest.json").read_text())["validation"]["value"])

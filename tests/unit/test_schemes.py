@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from edgekit.errors import PlanError
+from edgekit.plan import make_plan
+from edgekit.profiles import ProfileRegistry, load_profile
+from edgekit.quantize.schemes import SCHEMES, Int8Static, scheme_from_dict
+
+
+@pytest.mark.parametrize("name", list(SCHEMES))
+def test_every_scheme_round_trips(name):
+    scheme = SCHEMES[name](calib_samples=7)
+    assert scheme_from_dict(scheme.to_dict()) == scheme
+    assert scheme.to_dict()["scheme"] == name
+
+
+def test_unknown_scheme():
+    with pytest.raises(ValueError, match="unknown quantization scheme 'int3'"):
+        scheme_from_dict({"scheme": "int3"})
+
+
+def test_every_profile_plan_round_trips_with_and_without_int8(isolated_env):
+    for profile in ProfileRegistry().load_all():
+        for quant in ("none", "int8"):
+            try:
+                plan = make_plan(profile, quant=quant)
+            except PlanError:
+                assert quant == "int8" and profile.id == "iphone-15-pro"  # Core ML int8 is not built yet
+                continue
+            assert type(plan).model_validate(plan.model_dump()) == plan
+            if quant == "int8":
+                assert scheme_from_dict(plan.quant_scheme) == Int8Static()
+                assert plan.atol is None and plan.max_accuracy_drop == profile.budgets.max_accuracy_drop
+
+
+def test_int8_where_the_backend_cannot_names_alternatives():
+    with pytest.raises(PlanError) as e:
+        make_plan(load_profile("iphone-15-pro"), quant="int8")
+    assert "int8 is not available for executorch/coreml on iphone-15-pro" in str(e.value)
+    assert "int8 works with: executorch/xnnpack" in str(e.value)
+    with pytest.raises(PlanError, match="int8 works with: executorch/xnnpack, tflite/xnnpack, onnx/cpu"):
+        make_plan(load_profile("pixel8"), backend="vulkan", quant="int8")
+
+
+def test_auto_uses_the_profile_recommendation():
+    assert make_plan(load_profile("pixel8"), quant="auto").quant == "int8"
+    assert make_plan(load_profile("galaxy-s24"), quant="auto").precision == "int8"
+    with pytest.raises(PlanError, match="jetson-orin-nano recommends 'fp16'.*--quant none or --quant int8"):
+        make_plan(load_profile("jetson-orin-nano"), quant="auto")
