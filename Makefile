@@ -26,7 +26,7 @@ test: install
 
 bench: install
 	$(VENV)/bin/python benchmarks/cli_startup.py
-	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano
+	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano --quant none int8
 
 clean:
 	rm -rf build .pytest_cache
