@@ -49,6 +49,7 @@ class OnnxExporter(Exporter):
                 program = torch.onnx.export(ep, example_inputs, dynamo=True, verbose=False,
                                             input_names=input_names, output_names=output_names)
             program.save(str(fp32_path))
+            _strip_debug_info(fp32_path)
             onnx.checker.check_model(str(fp32_path), full_check=True)
         except Exception as e:
             raise ExportError(f"ONNX export failed: {summarize(e)}") from e
@@ -64,3 +65,16 @@ class OnnxExporter(Exporter):
                       if o.domain in ("", "ai.onnx")), None)
         return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
                             details={"opset": opset, **details})
+
+
+def _strip_debug_info(path: Path) -> None:
+    """Drop what only a debugger needs (per-node stack traces, intermediate value_info) from a
+    deployable file; a few KB that matter for small models. Shapes are re-inferred by runtimes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))

@@ -13,23 +13,23 @@ from data import load_splits
 
 
 class StudentCNN(nn.Module):
-    """~5k parameters: two 3x3 convolutions, one pooling, one classifier."""
+    """~72k parameters (a quarter of the teacher): two 3x3 convolutions, one pooling, a small MLP."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.classifier = nn.Linear(16 * 4 * 4, num_classes)
+        self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
 class TeacherCNN(nn.Module):
-    """~150k parameters: wider convolutions and a hidden fully connected layer."""
+    """~285k parameters: wider convolutions with batch norm and a wider hidden layer."""
 
     def __init__(self, num_classes: int = 10):
         super().__init__()
@@ -38,7 +38,7 @@ class TeacherCNN(nn.Module):
             nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
             nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes))
+        self.classifier = nn.Sequential(nn.Linear(64 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))

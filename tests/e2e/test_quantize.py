@@ -28,7 +28,7 @@ def test_int8_within_the_accuracy_budget_and_smaller(device, built):
     assert v["top1_agreement"] >= 0.98
     assert 20 < v["outputs"][0]["sqnr_db"] < 80  # quantized: close, but not fp32-exact
     assert base["precision"] == "fp32" and base["validation"]["max_abs_error"] < 1e-4
-    assert manifest["model"]["bytes"] < base["bytes"]
+    assert manifest["model"]["bytes"] / base["bytes"] <= 0.30  # acceptance: int8 / fp32 size
     q = manifest["model"]["export_details"]["quantization"]
     assert q["scheme"] == "int8" and q["per_channel"] and q["calibration_batches"] == 128
 
