@@ -26,7 +26,7 @@ from edgekit.export import EXPORTERS
 from edgekit.plan import Plan
 from edgekit.profiles import DeviceProfile
 from edgekit.project import ProjectSpec, load_data, load_model
-from edgekit.quantize.schemes import scheme_from_dict
+from edgekit.quantize.schemes import Int8QAT, scheme_from_dict
 from edgekit.validate import ValidationResult, validate
 
 VERSIONED = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntime", "litert-torch",
@@ -65,7 +65,11 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
     current: list[Any] = []  # [stage name, start time] of the running stage
 
     def stage(name: str, detail: str) -> None:
+        """Start stage ``name``; calling it again with the same name only updates the detail."""
         now = time.perf_counter()
+        if current and current[0] == name:
+            on_stage(name, detail)
+            return
         if current:
             timings[current[0]] = round(now - current[1], 3)
         current[:] = [name, now]
@@ -102,14 +106,19 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         result, validation, warnings = fp32, fp32_validation, []
         if plan.quant_scheme:
             scheme = scheme_from_dict(plan.quant_scheme)
-            calib = splits["calib"].x
-            if len(calib) < scheme.calib_samples:
-                warnings.append(f"calibration split has {len(calib)} samples, fewer than the "
-                                f"{scheme.calib_samples} requested; used {len(calib)}")
-            stage("quantize", f"{plan.quant} with the backend's own quantizer, "
-                              f"{min(len(calib), scheme.calib_samples)} calibration samples")
+            calib, fine_tune = splits["calib"].x, None
+            if isinstance(scheme, Int8QAT):
+                fine_tune = _qat_trainer(scheme, splits["train"], project.seed,
+                                         lambda e, n, loss: stage("qat", f"epoch {e}/{n}, loss {loss:.4f}"))
+                stage("qat", f"{scheme.epochs} epochs on {len(splits['train'].x)} train samples")
+            else:
+                if len(calib) < scheme.calib_samples:
+                    warnings.append(f"calibration split has {len(calib)} samples, fewer than the "
+                                    f"{scheme.calib_samples} requested; used {len(calib)}")
+                stage("quantize", f"{plan.quant} with the backend's own quantizer, "
+                                  f"{min(len(calib), scheme.calib_samples)} calibration samples")
             result = exporter.export(model, example, plan.backend, _subdir(work, "quant"), **names,
-                                     quant=scheme, calib=calib)
+                                     quant=scheme, calib=calib, fine_tune=fine_tune)
             stage("validate-quantized", f"{plan.quant} against PyTorch fp32")
             validation = check(result, None, plan.max_accuracy_drop)
 
@@ -154,6 +163,21 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         bundle = writer.commit(manifest)
     return BuildResult(bundle, plan, manifest, validation, timings,
                        None if result is fp32 else fp32_validation, warnings)
+
+
+def _qat_trainer(scheme: Int8QAT, train: Any, seed: int, on_epoch: Callable[[int, int, float], None]):
+    """fine_tune(prepared_graph) for PT2E QAT: the shared loop, with exported-graph train/eval switches.
+    The loss hook is where distillation's KD loss plugs in."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+    from edgekit.train import cross_entropy, fine_tune
+
+    def run(prepared: Any) -> Any:
+        return fine_tune(prepared, train.x, train.y, epochs=scheme.epochs, lr=scheme.lr,
+                         batch_size=scheme.batch_size, seed=seed, loss_fn=cross_entropy, on_epoch=on_epoch,
+                         train_mode=move_exported_model_to_train, eval_mode=move_exported_model_to_eval)
+
+    return run
 
 
 def _subdir(root: str, name: str) -> Path:

@@ -69,7 +69,7 @@ def valid_paths(profile: DeviceProfile) -> list[tuple[str, str, str]]:
             if p.format in EXPORTERS and p.backend in EXPORTERS[p.format].backends]
 
 
-QUANT_CHOICES = ("none", "int8", "auto")
+QUANT_CHOICES = ("none", *SCHEMES, "auto")
 
 
 def resolve_quant(profile: DeviceProfile, quant: str) -> str:
@@ -83,12 +83,16 @@ def resolve_quant(profile: DeviceProfile, quant: str) -> str:
 
 
 def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
-              quant: str = "none", calib_samples: int = 128) -> Plan:
+              quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3) -> Plan:
     """Pick format/backend (profile default unless overridden) and check it can be built."""
     quant = resolve_quant(profile, quant)
     if quant not in ("none", *SCHEMES):
         raise PlanError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANT_CHOICES)}")
-    scheme = SCHEMES[quant](calib_samples=calib_samples) if quant != "none" else None
+    scheme = None
+    if quant == "int8-qat":
+        scheme = SCHEMES[quant](epochs=qat_epochs)
+    elif quant != "none":
+        scheme = SCHEMES[quant](calib_samples=calib_samples)
     precision = scheme.precision if scheme else "fp32"
     options = valid_paths(profile)
     listed = ", ".join(f"{f}/{b} ({k})" for f, b, k in options)
@@ -110,6 +114,10 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         raise PlanError(f"{fmt}/{backend} is not available on {profile.id}; it supports: {listed}")
     cu, path = found
     spec = EXPORTERS[fmt].backends[backend]
+    if scheme and scheme.name not in spec.quant_schemes:
+        others = [f"{f}/{b}" for f, b, _ in options if scheme.name in EXPORTERS[f].backends[b].quant_schemes]
+        raise PlanError(f"--quant {scheme.name} is not available for {fmt}/{backend} on {profile.id}; "
+                        f"it works with: {', '.join(others) or 'no path of this device'}")
     if precision not in spec.precisions or precision not in path.precisions:
         ok = sorted(set(spec.precisions) & set(path.precisions))
         others = [f"{f}/{b}" for f, b, _ in options
@@ -126,6 +134,7 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         validation="target-runtime" if spec.runs_on_host else "host-twin", host_twin=spec.host_twin,
         atol=EXPORTERS[fmt].atol.get(precision),
         max_accuracy_drop=profile.budgets.max_accuracy_drop if scheme else None,
-        stages=("load", "export", "validate", "quantize", "validate", "bundle") if scheme
+        stages=("load", "export", "validate", "quantize" if quant != "int8-qat" else "qat", "validate", "bundle")
+        if scheme
         else ("load", "export", "validate", "bundle"),
     )

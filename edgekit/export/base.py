@@ -29,6 +29,8 @@ class BackendSpec:
     # Name of the runtime execution target recorded in the manifest
     # (ORT execution provider, LiteRT delegate, ExecuTorch delegate).
     runtime_target: str = ""
+    # Quantization schemes (edgekit.quantize.schemes names) this backend's quantizer builds here.
+    quant_schemes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -53,11 +55,12 @@ class Exporter:
 
     def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,
                input_names: list[str] | None = None, output_names: list[str] | None = None,
-               quant: Any = None, calib: Any = None) -> ExportResult:
+               quant: Any = None, calib: Any = None, fine_tune: Any = None) -> ExportResult:
         """Write the artifact for ``backend`` into ``out_dir``; raise ExportError on failure.
 
         With ``quant`` (a scheme from :mod:`edgekit.quantize.schemes`), quantize with the
-        backend's own quantizer, calibrating on ``calib`` (N, ...) samples."""
+        backend's own quantizer, calibrating on ``calib`` (N, ...) samples; for QAT schemes
+        ``fine_tune(prepared_graph) -> graph`` trains between prepare and convert."""
         raise NotImplementedError
 
     def backend(self, name: str) -> BackendSpec:

@@ -25,7 +25,8 @@ class ExecuTorchExporter(Exporter):
     atol = {"fp32": 1e-4}
     backends = {
         "xnnpack": BackendSpec(
-            "xnnpack", "XNNPACK delegate (Arm / x86 CPU)", ("fp32", "int8"), True, runtime_target="XnnpackBackend"
+            "xnnpack", "XNNPACK delegate (Arm / x86 CPU)", ("fp32", "int8"), True, runtime_target="XnnpackBackend",
+            quant_schemes=("int8", "int8-qat"),
         ),
         "coreml": BackendSpec(
             "coreml", "Core ML delegate (Apple Neural Engine / GPU / CPU)", ("fp32",), False,
@@ -39,13 +40,13 @@ class ExecuTorchExporter(Exporter):
 
     def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,
                input_names: list[str] | None = None, output_names: list[str] | None = None,
-               quant: Any = None, calib: Any = None) -> ExportResult:
+               quant: Any = None, calib: Any = None, fine_tune: Any = None) -> ExportResult:
         quant_details = {}
         if quant is not None:  # PT2E with the XNNPACK quantizer (the planner allows int8 only there)
             from edgekit.quantize import backends as qb
 
-            batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
-            model = qb.pt2e_quantize(model, example_inputs, batches, qb.xnnpack_quantizer(quant))
+            batches = [] if fine_tune else qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
+            model = qb.pt2e_quantize(model, example_inputs, batches, qb.xnnpack_quantizer(quant), qat=fine_tune)
             quant_details = {"quantization": {**quant.to_dict(), "tool": "PT2E XNNPACKQuantizer",
                                               "calibration_batches": len(batches)}}
         ep = export_program(model, example_inputs)

@@ -26,18 +26,19 @@ class OnnxExporter(Exporter):
     atol = {"fp32": 1e-4}
     backends = {
         "cpu": BackendSpec("cpu", "ONNX Runtime CPU execution provider", ("fp32", "int8"), True,
-                           runtime_target="CPUExecutionProvider"),
+                           runtime_target="CPUExecutionProvider", quant_schemes=("int8",)),
         "qnn": BackendSpec("qnn", "ONNX Runtime QNN EP (Qualcomm Hexagon HTP)", ("fp32", "int8"), False,
-                           host_twin=_TWIN, runtime_target="QNNExecutionProvider"),
+                           host_twin=_TWIN, runtime_target="QNNExecutionProvider", quant_schemes=("int8",)),
         "tensorrt": BackendSpec("tensorrt", "ONNX Runtime TensorRT EP (NVIDIA GPU)", ("fp32", "int8"), False,
-                                host_twin=_TWIN, runtime_target="TensorrtExecutionProvider"),
+                                host_twin=_TWIN, runtime_target="TensorrtExecutionProvider",
+                                quant_schemes=("int8",)),
         "cuda": BackendSpec("cuda", "ONNX Runtime CUDA EP (NVIDIA GPU)", ("fp32",), False,
                             host_twin=_TWIN, runtime_target="CUDAExecutionProvider"),
     }
 
     def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,
                input_names: list[str] | None = None, output_names: list[str] | None = None,
-               quant: Any = None, calib: Any = None) -> ExportResult:
+               quant: Any = None, calib: Any = None, fine_tune: Any = None) -> ExportResult:
         import onnx
         import torch
 

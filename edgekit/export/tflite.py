@@ -23,7 +23,7 @@ class TFLiteExporter(Exporter):
     atol = {"fp32": 1e-4}
     backends = {
         "xnnpack": BackendSpec("xnnpack", "LiteRT CPU with the XNNPACK delegate", ("fp32", "int8"), True,
-                               runtime_target="XNNPACK delegate"),
+                               runtime_target="XNNPACK delegate", quant_schemes=("int8", "int8-qat")),
         "gpu": BackendSpec("gpu", "LiteRT GPU delegate (OpenCL / OpenGL ES)", ("fp32",), False,
                            host_twin="the same .tflite file on LiteRT's CPU (XNNPACK)",
                            runtime_target="GPU delegate"),
@@ -31,7 +31,7 @@ class TFLiteExporter(Exporter):
 
     def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,
                input_names: list[str] | None = None, output_names: list[str] | None = None,
-               quant: Any = None, calib: Any = None) -> ExportResult:
+               quant: Any = None, calib: Any = None, fine_tune: Any = None) -> ExportResult:
         export_program(model, example_inputs)  # same clear error as the other formats if untraceable
         path = out_dir / f"model{self.extension}"
         root = logging.getLogger()
@@ -48,10 +48,16 @@ class TFLiteExporter(Exporter):
                 from edgekit.quantize import backends as qb
 
                 quantizer = qb.litert_quantizer(quant)
-                batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
-                model = qb.pt2e_quantize(model, example_inputs, batches, quantizer, fold=False)
+                annotator, tool = quantizer, "litert-torch PT2EQuantizer"
+                if fine_tune:
+                    # litert-torch 0.10's QAT annotator breaks under torchao 0.18 (it hands torch.export a
+                    # function). XNNPACKQuantizer's QAT config inserts the same int8 scheme (symmetric
+                    # per-channel weights, asymmetric int8 activations), which litert-torch then lowers.
+                    annotator, tool = qb.xnnpack_quantizer(quant), "PT2E XNNPACKQuantizer (QAT) -> litert-torch"
+                batches = [] if fine_tune else qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
+                model = qb.pt2e_quantize(model, example_inputs, batches, annotator, fold=False, qat=fine_tune)
                 kwargs["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
-                details["quantization"] = {**quant.to_dict(), "tool": "litert-torch PT2EQuantizer",
+                details["quantization"] = {**quant.to_dict(), "tool": tool,
                                            "calibration_batches": len(batches), "io": "int8"}
             litert_torch.convert(model.eval() if quant is None else model, example_inputs, **kwargs).export(str(path))
         except EdgekitError:

@@ -12,14 +12,15 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from edgekit.errors import ExportError
+from edgekit.errors import EdgekitError, ExportError
 from edgekit.quantize.numerics import QuantizationError
-from edgekit.quantize.schemes import Int8Static
+from edgekit.quantize.schemes import Int8QAT, Int8Static, Scheme
 
 
 def calibration_batches(calib: np.ndarray, batch: int, scheme: Int8Static) -> list[np.ndarray]:
@@ -35,36 +36,66 @@ def calibration_batches(calib: np.ndarray, batch: int, scheme: Int8Static) -> li
 
 
 def pt2e_quantize(model: Any, example: tuple, batches: Iterable[np.ndarray], quantizer: Any,
-                  fold: bool = True) -> Any:
-    """prepare_pt2e -> run calibration -> convert_pt2e; returns the converted GraphModule."""
+                  fold: bool = True, qat: Callable[[Any], Any] | None = None) -> Any:
+    """PTQ: prepare_pt2e -> calibrate -> convert_pt2e. QAT (``qat`` given): prepare_qat_pt2e on a
+    graph exported with a dynamic batch, ``qat(prepared)`` trains it, then convert_pt2e.
+    Returns the converted GraphModule in eval mode."""
     import torch
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
     from edgekit.export.trace import export_program, summarize
 
-    graph = export_program(model, example).module()
     try:
-        prepared = prepare_pt2e(graph, quantizer)
-        with torch.no_grad():
-            for b in batches:
-                prepared(torch.from_numpy(b))
-        return convert_pt2e(prepared, fold_quantize=fold)
+        if qat is None:
+            prepared = prepare_pt2e(export_program(model, example).module(), quantizer)
+            with torch.no_grad():
+                for b in batches:
+                    prepared(torch.from_numpy(b))
+        else:
+            prepared = prepare_qat_pt2e(_export_train_graph(model, example), quantizer)
+            prepared = qat(prepared)
+        converted = convert_pt2e(prepared, fold_quantize=fold)
+        move_exported_model_to_eval(converted)
+        return converted
+    except EdgekitError:
+        raise
     except Exception as e:
         raise ExportError(f"PT2E quantization failed: {summarize(e)}") from e
 
 
-def xnnpack_quantizer(scheme: Int8Static) -> Any:
+def _export_train_graph(model: Any, example: tuple) -> Any:
+    """A graph for training: the batch dimension dynamic (batch norm switches to its training
+    form through torchao's move_exported_model_to_train in the training loop)."""
+    import torch
+
+    from edgekit.export.trace import summarize
+
+    x = example[0]
+    batch2 = (torch.cat([x[:1], x[:1]]),) + tuple(example[1:])
+    dims = ({0: torch.export.Dim("batch", min=1, max=1 << 16)}, *([None] * (len(example) - 1)))
+    try:  # a copy: training must not change the caller's fp32 model
+        graph = torch.export.export(copy.deepcopy(model).eval(), batch2, dynamic_shapes=dims, strict=False)
+    except Exception as e:
+        raise ExportError(f"torch.export cannot trace {type(model).__name__} for QAT with a dynamic batch: "
+                          f"{summarize(e)}") from e
+    return graph.module()
+
+
+def xnnpack_quantizer(scheme: Scheme) -> Any:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=scheme.per_channel))
+    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
+        is_per_channel=scheme.per_channel, is_qat=isinstance(scheme, Int8QAT)))
 
 
-def litert_quantizer(scheme: Int8Static) -> Any:
+def litert_quantizer(scheme: Scheme) -> Any:
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
+    # static config even for QAT: it tells litert-torch how to lower the Q/DQ graph (see tflite.py)
     return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=scheme.per_channel))
 
 

@@ -27,10 +27,28 @@ class Int8Static:
         return {"scheme": self.name, **asdict(self)}
 
 
-SCHEMES: dict[str, type] = {"int8": Int8Static}
+@dataclass(frozen=True)
+class Int8QAT:
+    """W8A8 quantization-aware training: PT2E fake-quant inserted by the backend's quantizer,
+    fine-tuned on the train split, then converted like PTQ (ranges come from training)."""
+
+    name: ClassVar[str] = "int8-qat"
+    precision: ClassVar[str] = "int8"
+    per_channel: bool = True
+    epochs: int = 3
+    lr: float = 1e-4
+    batch_size: int = 32
+    calib_samples: int = 0  # unused: QAT learns its ranges on the train split
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.name, **asdict(self)}
 
 
-def scheme_from_dict(data: dict[str, Any]) -> Int8Static:
+Scheme = Int8Static | Int8QAT
+SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT}
+
+
+def scheme_from_dict(data: dict[str, Any]) -> Scheme:
     data = dict(data)
     name = data.pop("scheme")
     if name not in SCHEMES:

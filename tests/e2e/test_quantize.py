@@ -118,3 +118,29 @@ def test_constant_calibration_input_is_handled(tmp_path, root):
         assert "points below PyTorch fp32" in " ".join(result.output.split()) and not (tmp_path / "out").exists()
     else:
         assert np.isfinite(json.loads((tmp_path / "out" / "manifest.json").read_text())["validation"]["value"])
+
+
+@pytest.mark.parametrize("device", ["pixel8", "raspberry-pi-5"])
+def test_qat_recovers_to_half_a_point(device, built):
+    manifest, problems = verify(built(device, "--quant", "int8-qat", "--qat-epochs", "2"))
+    assert problems == []
+    v = manifest["validation"]
+    assert manifest["plan"]["quant"] == "int8-qat" and manifest["model"]["precision"] == "int8"
+    assert v["accuracy_drop"] <= 0.5  # acceptance: QAT within half a point of fp32
+    q = manifest["model"]["export_details"]["quantization"]
+    assert q["scheme"] == "int8-qat" and q["epochs"] == 2 and q["calibration_batches"] == 0
+    assert manifest["model"]["bytes"] / manifest["baseline"]["bytes"] <= 0.30
+    assert manifest["timings_s"]["qat"] > 0
+
+
+def test_qat_on_a_batchnorm_model(tmp_path, root):
+    """The teacher has BatchNorm: QAT must switch it to training statistics and back (no eval/train mismatch)."""
+    text = (root / "edgekit.toml").read_text().replace("model.py:student", "model.py:teacher", 1)
+    text = text.replace('entry = "examples/', f'entry = "{root}/examples/')
+    (tmp_path / "edgekit.toml").write_text(text)
+    out = tmp_path / "bn"
+    result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--quant", "int8-qat", "--qat-epochs", "1",
+                                      "--project", str(tmp_path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    v = json.loads((out / "manifest.json").read_text())["validation"]
+    assert v["passed"] and v["accuracy_drop"] <= 1.0 and v["top1_agreement"] >= 0.98

@@ -14,11 +14,12 @@ from edgekit_runner.runtimes import LoadedModel, TensorInfo, _dequantize, _quant
 
 def test_int8_quantize_uses_tensor_params():
     detail = {"dtype": np.int8, "quantization": (0.5, -3)}
-    x = np.array([-100.0, -1.0, 0.0, 0.26, 1.0, 100.0], np.float32)
+    x = np.array([-100.0, -1.0, 0.0, 0.25, 0.26, 1.0, 100.0], np.float32)
     q = _quantize(x, detail)
     assert q.dtype == np.int8
-    assert q.tolist() == [-128, -5, -3, -2, -1, 127]  # round(x/0.5) - 3, clamped
-    assert _dequantize(q, detail).tolist() == [-62.5, -1.0, 0.0, 0.5, 1.0, 65.0]
+    # round(x/0.5) half to even, then + zero point (-3), clamped: 0.25/0.5 = 0.5 rounds to 0
+    assert q.tolist() == [-128, -5, -3, -3, -2, -1, 127]
+    assert _dequantize(q, detail).tolist() == [-62.5, -1.0, 0.0, 0.0, 0.5, 1.0, 65.0]
 
 
 def test_float_tensors_pass_through():

@@ -37,10 +37,18 @@ def test_every_profile_plan_round_trips_with_and_without_int8(isolated_env):
 def test_int8_where_the_backend_cannot_names_alternatives():
     with pytest.raises(PlanError) as e:
         make_plan(load_profile("iphone-15-pro"), quant="int8")
-    assert "int8 is not available for executorch/coreml on iphone-15-pro" in str(e.value)
-    assert "int8 works with: executorch/xnnpack" in str(e.value)
-    with pytest.raises(PlanError, match="int8 works with: executorch/xnnpack, tflite/xnnpack, onnx/cpu"):
+    assert "--quant int8 is not available for executorch/coreml on iphone-15-pro" in str(e.value)
+    assert str(e.value).endswith("it works with: executorch/xnnpack")
+    with pytest.raises(PlanError, match="it works with: executorch/xnnpack, tflite/xnnpack, onnx/cpu"):
         make_plan(load_profile("pixel8"), backend="vulkan", quant="int8")
+
+
+def test_qat_only_where_a_pt2e_quantizer_trains():
+    assert make_plan(load_profile("pixel8"), quant="int8-qat", qat_epochs=5).quant_scheme["epochs"] == 5
+    assert make_plan(load_profile("raspberry-pi-5"), quant="int8-qat").stages[3] == "qat"
+    with pytest.raises(PlanError, match="--quant int8-qat is not available for onnx/qnn on galaxy-s24; "
+                                        "it works with: executorch/xnnpack, tflite/xnnpack"):
+        make_plan(load_profile("galaxy-s24"), quant="int8-qat")
 
 
 def test_auto_uses_the_profile_recommendation():

@@ -138,7 +138,8 @@ def _quantize(a: np.ndarray, detail: dict) -> np.ndarray:
     if dtype.kind not in "iu" or not scale:
         return a.astype(dtype, copy=False)
     lim = np.iinfo(dtype)
-    return np.clip(np.round(a / scale + zero), lim.min, lim.max).astype(dtype)
+    # round(x / scale) then add the zero point (round half to even), as the backends' quantizers do
+    return np.clip(np.round(a / scale) + zero, lim.min, lim.max).astype(dtype)
 
 
 def _dequantize(a: np.ndarray, detail: dict) -> np.ndarray:
