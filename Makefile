@@ -26,6 +26,7 @@ test: install
 
 bench: install
 	$(VENV)/bin/python benchmarks/cli_startup.py
+	$(VENV)/bin/python benchmarks/quantization.py
 	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano --quant none int8
 
 clean:

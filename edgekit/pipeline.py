@@ -128,41 +128,50 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         shutil.copy2(result.model_path, staging / model_file)
         np.savez(staging / "eval.npz", inputs=ev.x, labels=ev.y, reference=reference[0])
         _copy_runner(staging / "edgekit_runner")
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "edgekit-bundle",
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "profile": {"id": profile.id, "name": profile.name, "soc": profile.soc,
-                        "schema_version": profile.schema_version, "budgets": profile.budgets.model_dump()},
-            "project": {"name": project.name, "task": project.task.kind, "metric": project.task.metric,
-                        "model_entry": project.model.entry},
-            "plan": plan.model_dump(),
-            "model": {
-                "file": model_file, "format": plan.format, "backend": plan.backend,
-                "runtime": plan.runtime, "runtime_target": plan.runtime_target, "precision": plan.precision,
-                "bytes": (staging / model_file).stat().st_size,
-                "inputs": [{"name": inp.name, "shape": list(inp.shape), "dtype": inp.dtype}],
-                "outputs": [{"name": n, "shape": [inp.shape[0], *r.shape[1:]], "dtype": str(r.dtype)}
-                            for n, r in zip(output_names, reference)],
-                "export_details": result.details,
-            },
-            "eval": {"file": "eval.npz", "n_samples": int(len(ev.x)),
-                     "arrays": {"inputs": list(ev.x.shape), "labels": list(ev.y.shape),
-                                "reference": list(reference[0].shape)}},
-            "runner": {"package": "edgekit_runner", "command": "python -m edgekit_runner ."},
-            "validation": validation.to_dict(),
-            "baseline": None if result is fp32 else {
-                "precision": "fp32", "bytes": fp32.model_path.stat().st_size,
-                "validation": fp32_validation.to_dict()},
-            "warnings": warnings,
-            "versions": tool_versions(),
-            "seed": project.seed,
-        }
+        manifest = _manifest(profile, project, plan, staging / model_file, output_names, reference, ev,
+                             result, validation, None if result is fp32 else (fp32, fp32_validation), warnings)
         stage("done", "")
         manifest["timings_s"] = timings
         bundle = writer.commit(manifest)
     return BuildResult(bundle, plan, manifest, validation, timings,
                        None if result is fp32 else fp32_validation, warnings)
+
+
+def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_path: Path, output_names: list[str],
+              reference: list[np.ndarray], ev: Any, result: Any, validation: ValidationResult,
+              baseline: tuple[Any, ValidationResult] | None, warnings: list[str]) -> dict[str, Any]:
+    """What the bundle says about itself (file hashes are added when it is committed)."""
+    inp = project.inputs[0]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "edgekit-bundle",
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "profile": {"id": profile.id, "name": profile.name, "soc": profile.soc,
+                    "schema_version": profile.schema_version, "budgets": profile.budgets.model_dump()},
+        "project": {"name": project.name, "task": project.task.kind, "metric": project.task.metric,
+                    "model_entry": project.model.entry},
+        "plan": plan.model_dump(),
+        "model": {
+            "file": model_path.name, "format": plan.format, "backend": plan.backend,
+            "runtime": plan.runtime, "runtime_target": plan.runtime_target, "precision": plan.precision,
+            "bytes": model_path.stat().st_size,
+            "inputs": [{"name": inp.name, "shape": list(inp.shape), "dtype": inp.dtype}],
+            "outputs": [{"name": n, "shape": [inp.shape[0], *r.shape[1:]], "dtype": str(r.dtype)}
+                        for n, r in zip(output_names, reference)],
+            "export_details": result.details,
+        },
+        "eval": {"file": "eval.npz", "n_samples": int(len(ev.x)),
+                 "arrays": {"inputs": list(ev.x.shape), "labels": list(ev.y.shape),
+                            "reference": list(reference[0].shape)}},
+        "runner": {"package": "edgekit_runner", "command": "python -m edgekit_runner ."},
+        "validation": validation.to_dict(),
+        "baseline": None if baseline is None else {
+            "precision": "fp32", "bytes": baseline[0].model_path.stat().st_size,
+            "validation": baseline[1].to_dict()},
+        "warnings": warnings,
+        "versions": tool_versions(),
+        "seed": project.seed,
+    }
 
 
 def _qat_trainer(scheme: Int8QAT, train: Any, seed: int, on_epoch: Callable[[int, int, float], None]):
