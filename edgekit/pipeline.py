@@ -115,8 +115,9 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
                 if len(calib) < scheme.calib_samples:
                     warnings.append(f"calibration split has {len(calib)} samples, fewer than the "
                                     f"{scheme.calib_samples} requested; used {len(calib)}")
-                stage("quantize", f"{plan.quant} with the backend's own quantizer, "
-                                  f"{min(len(calib), scheme.calib_samples)} calibration samples")
+                used = min(len(calib), scheme.calib_samples)
+                stage("quantize", f"{plan.quant} with the backend's own quantizer"
+                                  + (f", {used} calibration samples" if used else ", no calibration"))
             result = exporter.export(model, example, plan.backend, _subdir(work, "quant"), **names,
                                      quant=scheme, calib=calib, fine_tune=fine_tune)
             stage("validate-quantized", f"{plan.quant} against PyTorch fp32")

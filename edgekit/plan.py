@@ -91,8 +91,10 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
     scheme = None
     if quant == "int8-qat":
         scheme = SCHEMES[quant](epochs=qat_epochs)
-    elif quant != "none":
+    elif quant == "int8":
         scheme = SCHEMES[quant](calib_samples=calib_samples)
+    elif quant != "none":
+        scheme = SCHEMES[quant]()
     precision = scheme.precision if scheme else "fp32"
     options = valid_paths(profile)
     listed = ", ".join(f"{f}/{b} ({k})" for f, b, k in options)

@@ -26,7 +26,7 @@ class ExecuTorchExporter(Exporter):
     backends = {
         "xnnpack": BackendSpec(
             "xnnpack", "XNNPACK delegate (Arm / x86 CPU)", ("fp32", "int8"), True, runtime_target="XnnpackBackend",
-            quant_schemes=("int8", "int8-qat"),
+            quant_schemes=("int8", "int8-qat", "int8-dynamic"),
         ),
         "coreml": BackendSpec(
             "coreml", "Core ML delegate (Apple Neural Engine / GPU / CPU)", ("fp32",), False,
@@ -45,7 +45,7 @@ class ExecuTorchExporter(Exporter):
         if quant is not None:  # PT2E with the XNNPACK quantizer (the planner allows int8 only there)
             from edgekit.quantize import backends as qb
 
-            batches = [] if fine_tune else qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
+            batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
             model = qb.pt2e_quantize(model, example_inputs, batches, qb.xnnpack_quantizer(quant), qat=fine_tune)
             quant_details = {"quantization": {**quant.to_dict(), "tool": "PT2E XNNPACKQuantizer",
                                               "calibration_batches": len(batches)}}

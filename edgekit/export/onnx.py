@@ -26,7 +26,8 @@ class OnnxExporter(Exporter):
     atol = {"fp32": 1e-4}
     backends = {
         "cpu": BackendSpec("cpu", "ONNX Runtime CPU execution provider", ("fp32", "int8"), True,
-                           runtime_target="CPUExecutionProvider", quant_schemes=("int8",)),
+                           runtime_target="CPUExecutionProvider",
+                           quant_schemes=("int8", "int8-dynamic")),
         "qnn": BackendSpec("qnn", "ONNX Runtime QNN EP (Qualcomm Hexagon HTP)", ("fp32", "int8"), False,
                            host_twin=_TWIN, runtime_target="QNNExecutionProvider", quant_schemes=("int8",)),
         "tensorrt": BackendSpec("tensorrt", "ONNX Runtime TensorRT EP (NVIDIA GPU)", ("fp32", "int8"), False,

@@ -23,7 +23,8 @@ class TFLiteExporter(Exporter):
     atol = {"fp32": 1e-4}
     backends = {
         "xnnpack": BackendSpec("xnnpack", "LiteRT CPU with the XNNPACK delegate", ("fp32", "int8"), True,
-                               runtime_target="XNNPACK delegate", quant_schemes=("int8", "int8-qat")),
+                               runtime_target="XNNPACK delegate",
+                               quant_schemes=("int8", "int8-qat", "int8-dynamic")),
         "gpu": BackendSpec("gpu", "LiteRT GPU delegate (OpenCL / OpenGL ES)", ("fp32",), False,
                            host_twin="the same .tflite file on LiteRT's CPU (XNNPACK)",
                            runtime_target="GPU delegate"),
@@ -42,7 +43,7 @@ class TFLiteExporter(Exporter):
             import litert_torch
 
             kwargs = {}
-            if quant is not None:  # full-integer int8 with litert-torch's PT2E quantizer: int8 I/O tensors
+            if quant is not None:  # litert-torch's PT2E quantizer; static int8 gives int8 I/O tensors
                 from litert_torch.quantize.quant_config import QuantConfig
 
                 from edgekit.quantize import backends as qb
@@ -54,11 +55,11 @@ class TFLiteExporter(Exporter):
                     # function). XNNPACKQuantizer's QAT config inserts the same int8 scheme (symmetric
                     # per-channel weights, asymmetric int8 activations), which litert-torch then lowers.
                     annotator, tool = qb.xnnpack_quantizer(quant), "PT2E XNNPACKQuantizer (QAT) -> litert-torch"
-                batches = [] if fine_tune else qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
+                batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
                 model = qb.pt2e_quantize(model, example_inputs, batches, annotator, fold=False, qat=fine_tune)
                 kwargs["quant_config"] = QuantConfig(pt2e_quantizer=quantizer)
-                details["quantization"] = {**quant.to_dict(), "tool": tool,
-                                           "calibration_batches": len(batches), "io": "int8"}
+                details["quantization"] = {**quant.to_dict(), "tool": tool, "calibration_batches": len(batches),
+                                           "io": "float" if quant.name == "int8-dynamic" else "int8"}
             litert_torch.convert(model.eval() if quant is None else model, example_inputs, **kwargs).export(str(path))
         except EdgekitError:
             raise

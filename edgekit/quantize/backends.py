@@ -20,11 +20,14 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, ExportError
 from edgekit.quantize.numerics import QuantizationError
-from edgekit.quantize.schemes import Int8QAT, Int8Static, Scheme
+from edgekit.quantize.schemes import Int8Dynamic, Int8QAT, Int8Static, Scheme
 
 
-def calibration_batches(calib: np.ndarray, batch: int, scheme: Int8Static) -> list[np.ndarray]:
-    """The first ``calib_samples`` samples in batches of the model's static batch size."""
+def calibration_batches(calib: np.ndarray | None, batch: int, scheme: Scheme) -> list[np.ndarray]:
+    """The first ``calib_samples`` samples in batches of the model's static batch size
+    (none for schemes that do not calibrate: QAT, dynamic)."""
+    if not scheme.calib_samples or calib is None:
+        return []
     x = calib[: scheme.calib_samples]
     bad = ~np.isfinite(x)
     if bad.any():
@@ -52,6 +55,8 @@ def pt2e_quantize(model: Any, example: tuple, batches: Iterable[np.ndarray], qua
             with torch.no_grad():
                 for b in batches:
                     prepared(torch.from_numpy(b))
+                if not batches:  # dynamic: weight observers still need one pass to see the weights
+                    prepared(*example)
         else:
             prepared = prepare_qat_pt2e(_export_train_graph(model, example), quantizer)
             prepared = qat(prepared)
@@ -89,20 +94,29 @@ def xnnpack_quantizer(scheme: Scheme) -> Any:
     )
 
     return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
-        is_per_channel=scheme.per_channel, is_qat=isinstance(scheme, Int8QAT)))
+        is_per_channel=scheme.per_channel, is_qat=isinstance(scheme, Int8QAT),
+        is_dynamic=isinstance(scheme, Int8Dynamic)))
 
 
 def litert_quantizer(scheme: Scheme) -> Any:
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
 
     # static config even for QAT: it tells litert-torch how to lower the Q/DQ graph (see tflite.py)
-    return PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=scheme.per_channel))
+    return PT2EQuantizer().set_global(get_symmetric_quantization_config(
+        is_per_channel=scheme.per_channel, is_dynamic=isinstance(scheme, Int8Dynamic)))
 
 
 def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.ndarray], backend: str,
                  scheme: Int8Static) -> dict[str, Any]:
     """QDQ-quantize an fp32 .onnx with ONNX Runtime's own tools, configured for ``backend``."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -112,6 +126,10 @@ def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list
             return next(self._it, None)
 
     try:
+        if isinstance(scheme, Int8Dynamic):  # ConvInteger / MatMulInteger; activations quantized at run time
+            quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8,
+                             per_channel=scheme.per_channel)
+            return {"tool": "onnxruntime quantize_dynamic", "activations": "uint8 at run time", "weights": "int8"}
         if backend == "qnn":
             from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 

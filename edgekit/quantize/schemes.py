@@ -44,8 +44,22 @@ class Int8QAT:
         return {"scheme": self.name, **asdict(self)}
 
 
-Scheme = Int8Static | Int8QAT
-SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT}
+@dataclass(frozen=True)
+class Int8Dynamic:
+    """int8 weights (symmetric, per-channel by default); activations quantized at run time from each
+    batch's own range, so no calibration data is needed. Suits linear-heavy models."""
+
+    name: ClassVar[str] = "int8-dynamic"
+    precision: ClassVar[str] = "int8"
+    per_channel: bool = True
+    calib_samples: int = 0  # unused: ranges are computed at run time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.name, **asdict(self)}
+
+
+Scheme = Int8Static | Int8QAT | Int8Dynamic
+SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT, "int8-dynamic": Int8Dynamic}
 
 
 def scheme_from_dict(data: dict[str, Any]) -> Scheme:

@@ -144,3 +144,19 @@ def test_qat_on_a_batchnorm_model(tmp_path, root):
     assert result.exit_code == 0, result.output
     v = json.loads((out / "manifest.json").read_text())["validation"]
     assert v["passed"] and v["accuracy_drop"] <= 1.0 and v["top1_agreement"] >= 0.98
+
+
+@pytest.mark.parametrize("device,extra,tool", [
+    ("pixel8", (), "PT2E XNNPACKQuantizer"),
+    ("raspberry-pi-5", (), "litert-torch PT2EQuantizer"),
+    ("host-cpu", ("--format", "onnx"), "onnxruntime quantize_dynamic"),
+])
+def test_int8_dynamic_needs_no_calibration(device, extra, tool, built):
+    manifest, problems = verify(built(device, *extra, "--quant", "int8-dynamic"))
+    assert problems == []
+    v, q = manifest["validation"], manifest["model"]["export_details"]["quantization"]
+    assert q["scheme"] == "int8-dynamic" and q["tool"] == tool and q["calibration_batches"] == 0
+    assert v["passed"] and v["accuracy_drop"] <= 1.0 and v["top1_agreement"] >= 0.98
+    assert manifest["model"]["bytes"] / manifest["baseline"]["bytes"] <= 0.35  # int8 weights
+    if device == "raspberry-pi-5":  # dynamic range: float I/O, int8 weights
+        assert v["runtime_io"]["inputs"][0]["dtype"] == "float32"

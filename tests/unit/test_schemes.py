@@ -51,6 +51,13 @@ def test_qat_only_where_a_pt2e_quantizer_trains():
         make_plan(load_profile("galaxy-s24"), quant="int8-qat")
 
 
+def test_dynamic_is_not_offered_for_npu_or_tensorrt():
+    with pytest.raises(PlanError, match="--quant int8-dynamic is not available for onnx/tensorrt"):
+        make_plan(load_profile("jetson-orin-nano"), quant="int8-dynamic")
+    assert make_plan(load_profile("jetson-orin-nano"), fmt="onnx", backend="cpu", quant="int8-dynamic").quant_scheme == {
+        "scheme": "int8-dynamic", "per_channel": True, "calib_samples": 0}
+
+
 def test_auto_uses_the_profile_recommendation():
     assert make_plan(load_profile("pixel8"), quant="auto").quant == "int8"
     assert make_plan(load_profile("galaxy-s24"), quant="auto").precision == "int8"
