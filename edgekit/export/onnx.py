@@ -25,16 +25,16 @@ class OnnxExporter(Exporter):
     runtime = "onnxruntime"
     atol = {"fp32": 1e-4}
     backends = {
-        "cpu": BackendSpec("cpu", "ONNX Runtime CPU execution provider", ("fp32", "int8"), True,
+        "cpu": BackendSpec("cpu", "ONNX Runtime CPU execution provider", ("fp32", "fp16", "int8"), True,
                            runtime_target="CPUExecutionProvider",
-                           quant_schemes=("int8", "int8-dynamic")),
-        "qnn": BackendSpec("qnn", "ONNX Runtime QNN EP (Qualcomm Hexagon HTP)", ("fp32", "int8"), False,
-                           host_twin=_TWIN, runtime_target="QNNExecutionProvider", quant_schemes=("int8",)),
-        "tensorrt": BackendSpec("tensorrt", "ONNX Runtime TensorRT EP (NVIDIA GPU)", ("fp32", "int8"), False,
+                           quant_schemes=("int8", "int8-dynamic", "fp16")),
+        "qnn": BackendSpec("qnn", "ONNX Runtime QNN EP (Qualcomm Hexagon HTP)", ("fp32", "fp16", "int8"), False,
+                           host_twin=_TWIN, runtime_target="QNNExecutionProvider", quant_schemes=("int8", "fp16")),
+        "tensorrt": BackendSpec("tensorrt", "ONNX Runtime TensorRT EP (NVIDIA GPU)", ("fp32", "fp16", "int8"), False,
                                 host_twin=_TWIN, runtime_target="TensorrtExecutionProvider",
-                                quant_schemes=("int8",)),
-        "cuda": BackendSpec("cuda", "ONNX Runtime CUDA EP (NVIDIA GPU)", ("fp32",), False,
-                            host_twin=_TWIN, runtime_target="CUDAExecutionProvider"),
+                                quant_schemes=("int8", "fp16")),
+        "cuda": BackendSpec("cuda", "ONNX Runtime CUDA EP (NVIDIA GPU)", ("fp32", "fp16"), False,
+                            host_twin=_TWIN, runtime_target="CUDAExecutionProvider", quant_schemes=("fp16",)),
     }
 
     def export(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path,

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, ExportError
 from edgekit.quantize.numerics import QuantizationError
-from edgekit.quantize.schemes import Int8Dynamic, Int8QAT, Int8Static, Scheme
+from edgekit.quantize.schemes import FP16, Int8Dynamic, Int8QAT, Int8Static, Scheme
 
 
 def calibration_batches(calib: np.ndarray | None, batch: int, scheme: Scheme) -> list[np.ndarray]:
@@ -126,6 +126,13 @@ def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list
             return next(self._it, None)
 
     try:
+        if isinstance(scheme, FP16):  # ONNX Runtime's own converter; I/O stays float32 for the app
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True), str(out_path))
+            return {"tool": "onnxruntime convert_float_to_float16 (keep_io_types)", "weights": "fp16",
+                    "activations": "fp16"}
         if isinstance(scheme, Int8Dynamic):  # ConvInteger / MatMulInteger; activations quantized at run time
             quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8,
                              per_channel=scheme.per_channel)

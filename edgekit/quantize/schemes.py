@@ -58,8 +58,20 @@ class Int8Dynamic:
         return {"scheme": self.name, **asdict(self)}
 
 
-Scheme = Int8Static | Int8QAT | Int8Dynamic
-SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT, "int8-dynamic": Int8Dynamic}
+@dataclass(frozen=True)
+class FP16:
+    """Half-precision weights and activations (inputs and outputs stay float32)."""
+
+    name: ClassVar[str] = "fp16"
+    precision: ClassVar[str] = "fp16"
+    calib_samples: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.name, **asdict(self)}
+
+
+Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16
+SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT, "int8-dynamic": Int8Dynamic, "fp16": FP16}
 
 
 def scheme_from_dict(data: dict[str, Any]) -> Scheme:

@@ -160,3 +160,19 @@ def test_int8_dynamic_needs_no_calibration(device, extra, tool, built):
     assert manifest["model"]["bytes"] / manifest["baseline"]["bytes"] <= 0.35  # int8 weights
     if device == "raspberry-pi-5":  # dynamic range: float I/O, int8 weights
         assert v["runtime_io"]["inputs"][0]["dtype"] == "float32"
+
+
+def test_fp16_onnx_for_jetson_is_the_profile_default(built):
+    import onnx
+
+    out = built("jetson-orin-nano", "--quant", "auto")
+    manifest, problems = verify(out)
+    assert problems == [] and manifest["plan"]["quant"] == "fp16" and manifest["model"]["precision"] == "fp16"
+    v = manifest["validation"]
+    assert v["passed"] and v["accuracy_drop"] <= 1.0 and v["top1_agreement"] == 1.0
+    assert 1e-5 < v["max_abs_error"] < 0.05  # half precision: small but real differences
+    assert 0.45 <= manifest["model"]["bytes"] / manifest["baseline"]["bytes"] <= 0.55
+    model = onnx.load(str(out / "model.onnx"))
+    types = {i.data_type for i in model.graph.initializer if i.dims}
+    assert onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types  # (int64 shapes remain)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # app-facing I/O stays fp32

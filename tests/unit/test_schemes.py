@@ -61,5 +61,7 @@ def test_dynamic_is_not_offered_for_npu_or_tensorrt():
 def test_auto_uses_the_profile_recommendation():
     assert make_plan(load_profile("pixel8"), quant="auto").quant == "int8"
     assert make_plan(load_profile("galaxy-s24"), quant="auto").precision == "int8"
-    with pytest.raises(PlanError, match="jetson-orin-nano recommends 'fp16'.*--quant none or --quant int8"):
-        make_plan(load_profile("jetson-orin-nano"), quant="auto")
+    assert make_plan(load_profile("jetson-orin-nano"), quant="auto").precision == "fp16"
+    with pytest.raises(PlanError, match="iphone-15-pro recommends 'int8-weight-only', which this edgekit cannot "
+                                        "build yet; use --quant none or --quant int8"):
+        make_plan(load_profile("iphone-15-pro"), quant="auto")
