@@ -13,8 +13,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 
+class _Scheme:
+    name: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": self.name, **asdict(self)}
+
+
 @dataclass(frozen=True)
-class Int8Static:
+class Int8Static(_Scheme):
     """W8A8 post-training quantization: int8 symmetric weights (per-channel by default),
     8-bit activations with ranges from the calibration split."""
 
@@ -23,12 +30,9 @@ class Int8Static:
     per_channel: bool = True
     calib_samples: int = 128
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"scheme": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class Int8QAT:
+class Int8QAT(_Scheme):
     """W8A8 quantization-aware training: PT2E fake-quant inserted by the backend's quantizer,
     fine-tuned on the train split, then converted like PTQ (ranges come from training)."""
 
@@ -40,12 +44,9 @@ class Int8QAT:
     batch_size: int = 32
     calib_samples: int = 0  # unused: QAT learns its ranges on the train split
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"scheme": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class Int8Dynamic:
+class Int8Dynamic(_Scheme):
     """int8 weights (symmetric, per-channel by default); activations quantized at run time from each
     batch's own range, so no calibration data is needed. Suits linear-heavy models."""
 
@@ -54,20 +55,14 @@ class Int8Dynamic:
     per_channel: bool = True
     calib_samples: int = 0  # unused: ranges are computed at run time
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"scheme": self.name, **asdict(self)}
-
 
 @dataclass(frozen=True)
-class FP16:
+class FP16(_Scheme):
     """Half-precision weights and activations (inputs and outputs stay float32)."""
 
     name: ClassVar[str] = "fp16"
     precision: ClassVar[str] = "fp16"
     calib_samples: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"scheme": self.name, **asdict(self)}
 
 
 Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16
