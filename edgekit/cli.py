@@ -141,17 +141,21 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["executorch", "onnx", "tflite"]), default=None,
               help="Override the profile's default format.")
 @click.option("--backend", default=None, help="Override the backend (xnnpack, coreml, vulkan, cpu, qnn, ...).")
-@click.option("--quant", type=click.Choice(["none", "int8", "int8-qat", "int8-dynamic", "fp16", "auto"]),
+@click.option("--quant", type=click.Choice(["none", "int8", "int8-qat", "int8-dynamic", "int4-weight-only", "fp16",
+                                          "auto"]),
               default="none",
               show_default=True,
               help="Quantize with the backend's own quantizer: int8 = W8A8 post-training, calibrated on the "
                    "project's calib split; int8-qat = quantization-aware fine-tuning on the train split; "
-                   "int8-dynamic = int8 weights, activations quantized at run time; fp16 = half precision (ONNX); "
+                   "int8-dynamic = int8 weights, activations quantized at run time; int4-weight-only = 4-bit grouped "
+                   "linear weights (ExecuTorch/XNNPACK); fp16 = half precision (ONNX); "
                    "auto = the profile's recommended scheme.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True,
               help="Calibration samples for --quant int8.")
 @click.option("--qat-epochs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Fine-tuning epochs for --quant int8-qat.")
+@click.option("--group-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Input features per scale for --quant int4-weight-only.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Bundle folder  [default: build/<device>]")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (atomically).")
@@ -159,7 +163,7 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @click.pass_context
 def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
-          quant: str, calib_samples: int, qat_epochs: int, out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+          quant: str, calib_samples: int, qat_epochs: int, group_size: int, out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
     """Export, validate and bundle the project's model for DEVICE."""
     from edgekit.bundle import check_destination
     from edgekit.plan import make_plan
@@ -167,7 +171,8 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
 
     profile = _registry(ctx).load(device)
     spec = load_project(project)
-    plan = make_plan(profile, fmt, backend, quant=quant, calib_samples=calib_samples, qat_epochs=qat_epochs)
+    plan = make_plan(profile, fmt, backend, quant=quant, calib_samples=calib_samples, qat_epochs=qat_epochs,
+                     group_size=group_size)
     out = out or Path("build") / profile.id
     if dry_run:
         _print_plan(_console(), plan, spec, out)

@@ -83,7 +83,7 @@ def resolve_quant(profile: DeviceProfile, quant: str) -> str:
 
 
 def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
-              quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3) -> Plan:
+              quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32) -> Plan:
     """Pick format/backend (profile default unless overridden) and check it can be built."""
     quant = resolve_quant(profile, quant)
     if quant not in ("none", *SCHEMES):
@@ -91,6 +91,8 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
     scheme = None
     if quant == "int8-qat":
         scheme = SCHEMES[quant](epochs=qat_epochs)
+    elif quant == "int4-weight-only":
+        scheme = SCHEMES[quant](group_size=group_size)
     elif quant == "int8":
         scheme = SCHEMES[quant](calib_samples=calib_samples)
     elif quant != "none":

@@ -25,8 +25,8 @@ class ExecuTorchExporter(Exporter):
     atol = {"fp32": 1e-4}
     backends = {
         "xnnpack": BackendSpec(
-            "xnnpack", "XNNPACK delegate (Arm / x86 CPU)", ("fp32", "int8"), True, runtime_target="XnnpackBackend",
-            quant_schemes=("int8", "int8-qat", "int8-dynamic"),
+            "xnnpack", "XNNPACK delegate (Arm / x86 CPU)", ("fp32", "int8", "int4-weight"), True,
+            runtime_target="XnnpackBackend", quant_schemes=("int8", "int8-qat", "int8-dynamic", "int4-weight-only"),
         ),
         "coreml": BackendSpec(
             "coreml", "Core ML delegate (Apple Neural Engine / GPU / CPU)", ("fp32",), False,
@@ -42,7 +42,15 @@ class ExecuTorchExporter(Exporter):
                input_names: list[str] | None = None, output_names: list[str] | None = None,
                quant: Any = None, calib: Any = None, fine_tune: Any = None) -> ExportResult:
         quant_details = {}
-        if quant is not None:  # PT2E with the XNNPACK quantizer (the planner allows int8 only there)
+        if quant is not None and quant.name == "int4-weight-only":  # torchao, lowered to XNNPACK's int4 GEMM
+            from edgekit.quantize import backends as qb
+
+            model = qb.torchao_int4(model, quant)
+            quant_details = {"quantization": {**quant.to_dict(), "calibration_batches": 0,
+                                              "tool": "torchao Int8DynamicActivationIntxWeightConfig (8da4w)",
+                                              "weights": f"int4 symmetric, groups of {quant.group_size}",
+                                              "activations": "int8 dynamic (XNNPACK's int4 GEMM)"}}
+        elif quant is not None:  # PT2E with the XNNPACK quantizer (the planner allows int8 only there)
             from edgekit.quantize import backends as qb
 
             batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)

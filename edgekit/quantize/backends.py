@@ -20,7 +20,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, ExportError
 from edgekit.quantize.numerics import QuantizationError
-from edgekit.quantize.schemes import FP16, Int8Dynamic, Int8QAT, Int8Static, Scheme
+from edgekit.quantize.schemes import FP16, Int4WeightOnly, Int8Dynamic, Int8QAT, Int8Static, Scheme
 
 
 def calibration_batches(calib: np.ndarray | None, batch: int, scheme: Scheme) -> list[np.ndarray]:
@@ -85,6 +85,29 @@ def _export_train_graph(model: Any, example: tuple) -> Any:
         raise ExportError(f"torch.export cannot trace {type(model).__name__} for QAT with a dynamic batch: "
                           f"{summarize(e)}") from e
     return graph.module()
+
+
+def torchao_int4(model: Any, scheme: Int4WeightOnly) -> Any:
+    """A copy of ``model`` with every nn.Linear quantized by torchao to int4 groups (8da4w on XNNPACK).
+    Other layers stay float: this scheme is for linear-heavy models (language models, MLP heads)."""
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    quantized = copy.deepcopy(model).eval()
+    bad = [n for n, m in quantized.named_modules()
+           if isinstance(m, torch.nn.Linear) and m.in_features % scheme.group_size]
+    if bad:
+        raise QuantizationError(f"--quant int4-weight-only: input features of {', '.join(bad)} are not a multiple "
+                                f"of the group size {scheme.group_size}; pick a group size that divides them")
+    try:
+        quantize_(quantized, Int8DynamicActivationIntxWeightConfig(
+            weight_dtype=torch.int4, weight_granularity=PerGroup(scheme.group_size)))
+    except Exception as e:
+        from edgekit.export.trace import summarize
+
+        raise ExportError(f"torchao int4 quantization failed: {summarize(e)}") from e
+    return quantized
 
 
 def xnnpack_quantizer(scheme: Scheme) -> Any:

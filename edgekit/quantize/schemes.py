@@ -65,8 +65,21 @@ class FP16(_Scheme):
     calib_samples: int = 0
 
 
-Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16
-SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT, "int8-dynamic": Int8Dynamic, "fp16": FP16}
+@dataclass(frozen=True)
+class Int4WeightOnly(_Scheme):
+    """4-bit linear weights, symmetric, one scale per ``group_size`` inputs (torchao). On XNNPACK
+    the int4 GEMM takes int8 activations quantized at run time ("8da4w", as ExecuTorch ships LLMs):
+    torchao's pure weight-only int4 lowers in ExecuTorch 1.5.1 but computes wrong outputs (measured)."""
+
+    name: ClassVar[str] = "int4-weight-only"
+    precision: ClassVar[str] = "int4-weight"
+    group_size: int = 32
+    calib_samples: int = 0
+
+
+Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16 | Int4WeightOnly
+SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT, "int8-dynamic": Int8Dynamic, "fp16": FP16,
+                            "int4-weight-only": Int4WeightOnly}
 
 
 def scheme_from_dict(data: dict[str, Any]) -> Scheme:

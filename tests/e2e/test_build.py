@@ -45,6 +45,7 @@ def test_build_every_profile(device, built):
     assert v["n_samples"] == 360 and v["value"] > 0.93  # digits accuracy of the student
     assert v["runtime_io"]["inputs"][0]["shape"] == [1, 1, 8, 8]
     assert v["runtime_io"]["outputs"][0]["shape"] == [1, 10]
+    assert v["runtime_io"]["inputs"][0]["dtype"] == "float32"
     if fmt == "onnx":  # names declared in edgekit.toml reach the file
         assert [v["runtime_io"]["inputs"][0]["name"], v["runtime_io"]["outputs"][0]["name"]] == ["image", "logits"]
     assert manifest["files"][model["file"]]["sha256"] == sha256_file(out / model["file"])

@@ -176,3 +176,13 @@ def test_fp16_onnx_for_jetson_is_the_profile_default(built):
     types = {i.data_type for i in model.graph.initializer if i.dims}
     assert onnx.TensorProto.FLOAT16 in types and onnx.TensorProto.FLOAT not in types  # (int64 shapes remain)
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # app-facing I/O stays fp32
+
+
+def test_int4_digits_bundle_for_pixel8(built):
+    manifest, problems = verify(built("pixel8", "--quant", "int4-weight-only"))
+    assert problems == [] and manifest["model"]["precision"] == "int4-weight"
+    v, q = manifest["validation"], manifest["model"]["export_details"]["quantization"]
+    assert v["passed"] and v["accuracy_drop"] <= 1.0
+    assert q["group_size"] == 32 and "8da4w" in q["tool"] and q["activations"].startswith("int8 dynamic")
+    # the digits student keeps its convolutions in float (4% of weights): int4 linears bring it to ~0.22
+    assert manifest["model"]["bytes"] / manifest["baseline"]["bytes"] <= 0.25

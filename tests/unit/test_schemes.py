@@ -58,6 +58,14 @@ def test_dynamic_is_not_offered_for_npu_or_tensorrt():
         "scheme": "int8-dynamic", "per_channel": True, "calib_samples": 0}
 
 
+def test_int4_only_on_executorch_xnnpack():
+    plan = make_plan(load_profile("raspberry-pi-5"), fmt="executorch", quant="int4-weight-only", group_size=64)
+    assert plan.precision == "int4-weight" and plan.quant_scheme["group_size"] == 64
+    with pytest.raises(PlanError, match="--quant int4-weight-only is not available for tflite/xnnpack on "
+                                        "raspberry-pi-5; it works with: executorch/xnnpack"):
+        make_plan(load_profile("raspberry-pi-5"), quant="int4-weight-only")
+
+
 def test_auto_uses_the_profile_recommendation():
     assert make_plan(load_profile("pixel8"), quant="auto").quant == "int8"
     assert make_plan(load_profile("galaxy-s24"), quant="auto").precision == "int8"

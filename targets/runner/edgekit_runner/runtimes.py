@@ -69,9 +69,15 @@ def _executorch(path: Path, threads: int | None, target: str | None) -> LoadedMo
                                               "target": target, "threads": threads})
 
 
+# ExecuTorch ScalarType codes (c10 numbering) and names -> numpy dtype names
+_ET_DTYPES = {"0": "uint8", "1": "int8", "3": "int32", "4": "int64", "5": "float16", "6": "float32",
+              "7": "float64", "11": "bool", "byte": "uint8", "char": "int8", "int": "int32", "long": "int64",
+              "half": "float16", "float": "float32", "double": "float64"}
+
+
 def _et_info(name: str, meta: Any) -> TensorInfo:
-    dtype = str(getattr(meta, "dtype")()).split(".")[-1].lower()
-    return TensorInfo(name, list(meta.sizes()), {"float": "float32", "long": "int64"}.get(dtype, dtype))
+    dtype = str(meta.dtype()).split(".")[-1].lower()
+    return TensorInfo(name, list(meta.sizes()), _ET_DTYPES.get(dtype, dtype))
 
 
 def _onnxruntime(path: Path, threads: int | None, target: str | None) -> LoadedModel:
