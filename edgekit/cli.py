@@ -141,13 +141,14 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--format", "fmt", type=click.Choice(["executorch", "onnx", "tflite"]), default=None,
               help="Override the profile's default format.")
 @click.option("--backend", default=None, help="Override the backend (xnnpack, coreml, vulkan, cpu, qnn, ...).")
-@click.option("--quant", type=click.Choice(["none", "int8", "int8-qat", "int8-dynamic", "int4-weight-only", "fp16",
-                                          "auto"]),
+@click.option("--quant", type=click.Choice(["none", "int8", "int8-qat", "int8-dynamic", "int8-weight-only",
+                                          "int4-weight-only", "fp16", "auto"]),
               default="none",
               show_default=True,
               help="Quantize with the backend's own quantizer: int8 = W8A8 post-training, calibrated on the "
                    "project's calib split; int8-qat = quantization-aware fine-tuning on the train split; "
-                   "int8-dynamic = int8 weights, activations quantized at run time; int4-weight-only = 4-bit grouped "
+                   "int8-dynamic = int8 weights, activations quantized at run time; int8-weight-only = int8 weights, "
+                   "float activations (TFLite); int4-weight-only = 4-bit grouped "
                    "linear weights (ExecuTorch/XNNPACK); fp16 = half precision (ONNX); "
                    "auto = the profile's recommended scheme.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True,

@@ -22,9 +22,9 @@ class TFLiteExporter(Exporter):
     runtime = "litert"
     atol = {"fp32": 1e-4}
     backends = {
-        "xnnpack": BackendSpec("xnnpack", "LiteRT CPU with the XNNPACK delegate", ("fp32", "int8"), True,
-                               runtime_target="XNNPACK delegate",
-                               quant_schemes=("int8", "int8-qat", "int8-dynamic")),
+        "xnnpack": BackendSpec("xnnpack", "LiteRT CPU with the XNNPACK delegate", ("fp32", "int8", "int8-weight"),
+                               True, runtime_target="XNNPACK delegate",
+                               quant_schemes=("int8", "int8-qat", "int8-dynamic", "int8-weight-only")),
         "gpu": BackendSpec("gpu", "LiteRT GPU delegate (OpenCL / OpenGL ES)", ("fp32",), False,
                            host_twin="the same .tflite file on LiteRT's CPU (XNNPACK)",
                            runtime_target="GPU delegate"),
@@ -35,6 +35,14 @@ class TFLiteExporter(Exporter):
                quant: Any = None, calib: Any = None, fine_tune: Any = None) -> ExportResult:
         export_program(model, example_inputs)  # same clear error as the other formats if untraceable
         path = out_dir / f"model{self.extension}"
+        if quant is not None and quant.name == "int8-weight-only":  # ai-edge-quantizer works on the fp32 file
+            from edgekit.quantize import backends as qb
+
+            fp32 = self.export(model, example_inputs, backend, _subdir(out_dir, "fp32")).model_path
+            tool = qb.aeq_weight_only(fp32, path)
+            return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
+                                details={"quantization": {**quant.to_dict(), **tool, "calibration_batches": 0,
+                                                          "io": "float"}})
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.WARNING)  # litert-torch logs every lowered op at INFO on the root logger
@@ -69,3 +77,8 @@ class TFLiteExporter(Exporter):
             root.setLevel(level)
         return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
                             details=details)
+
+
+def _subdir(parent: Path, name: str) -> Path:
+    (parent / name).mkdir(exist_ok=True)
+    return parent / name

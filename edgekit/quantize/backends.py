@@ -110,6 +110,21 @@ def torchao_int4(model: Any, scheme: Int4WeightOnly) -> Any:
     return quantized
 
 
+def aeq_weight_only(fp32_path: Path, out_path: Path) -> dict[str, Any]:
+    """int8 weight-only .tflite with ai-edge-quantizer's own recipe (weights int8, activations float)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    try:
+        result = quantizer.Quantizer(str(fp32_path), recipe.weight_only_wi8_afp32()).quantize(
+            enable_progress_report=False)
+        result.export_model(str(out_path))
+    except Exception as e:
+        from edgekit.export.trace import summarize
+
+        raise ExportError(f"ai-edge-quantizer failed: {summarize(e)}") from e
+    return {"tool": "ai-edge-quantizer weight_only_wi8_afp32", "weights": "int8", "activations": "float"}
+
+
 def xnnpack_quantizer(scheme: Scheme) -> Any:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,

@@ -77,9 +77,18 @@ class Int4WeightOnly(_Scheme):
     calib_samples: int = 0
 
 
-Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16 | Int4WeightOnly
+@dataclass(frozen=True)
+class Int8WeightOnly(_Scheme):
+    """int8 weights, float activations and I/O: the smallest change to a float model's numerics."""
+
+    name: ClassVar[str] = "int8-weight-only"
+    precision: ClassVar[str] = "int8-weight"
+    calib_samples: int = 0
+
+
+Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16 | Int4WeightOnly | Int8WeightOnly
 SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT, "int8-dynamic": Int8Dynamic, "fp16": FP16,
-                            "int4-weight-only": Int4WeightOnly}
+                            "int4-weight-only": Int4WeightOnly, "int8-weight-only": Int8WeightOnly}
 
 
 def scheme_from_dict(data: dict[str, Any]) -> Scheme:

@@ -186,3 +186,12 @@ def test_int4_digits_bundle_for_pixel8(built):
     assert q["group_size"] == 32 and "8da4w" in q["tool"] and q["activations"].startswith("int8 dynamic")
     # the digits student keeps its convolutions in float (4% of weights): int4 linears bring it to ~0.22
     assert manifest["model"]["bytes"] / manifest["baseline"]["bytes"] <= 0.25
+
+
+def test_int8_weight_only_tflite_with_ai_edge_quantizer(built):
+    manifest, problems = verify(built("raspberry-pi-5", "--quant", "int8-weight-only"))
+    assert problems == [] and manifest["model"]["precision"] == "int8-weight"
+    v, q = manifest["validation"], manifest["model"]["export_details"]["quantization"]
+    assert q["tool"] == "ai-edge-quantizer weight_only_wi8_afp32" and q["io"] == "float"
+    assert v["passed"] and v["accuracy_drop"] <= 1.0 and v["runtime_io"]["inputs"][0]["dtype"] == "float32"
+    assert manifest["model"]["bytes"] / manifest["baseline"]["bytes"] <= 0.30

@@ -70,6 +70,6 @@ def test_auto_uses_the_profile_recommendation():
     assert make_plan(load_profile("pixel8"), quant="auto").quant == "int8"
     assert make_plan(load_profile("galaxy-s24"), quant="auto").precision == "int8"
     assert make_plan(load_profile("jetson-orin-nano"), quant="auto").precision == "fp16"
-    with pytest.raises(PlanError, match="iphone-15-pro recommends 'int8-weight-only', which this edgekit cannot "
-                                        "build yet; use --quant none or --quant int8"):
+    with pytest.raises(PlanError, match="--quant int8-weight-only is not available for executorch/coreml on "
+                                        "iphone-15-pro; it works with: no path of this device"):
         make_plan(load_profile("iphone-15-pro"), quant="auto")
