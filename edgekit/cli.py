@@ -164,7 +164,8 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @click.pass_context
 def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
-          quant: str, calib_samples: int, qat_epochs: int, group_size: int, out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+          quant: str, calib_samples: int, qat_epochs: int, group_size: int, out: Path | None, force: bool,
+          dry_run: bool, as_json: bool) -> None:
     """Export, validate and bundle the project's model for DEVICE."""
     from edgekit.bundle import check_destination
     from edgekit.plan import make_plan
@@ -185,7 +186,7 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         log, terminal = stack.enter_context(_native_output_to_log(ctx.obj.debug))
-        con = _console(stderr=as_json, file=None if as_json else terminal)
+        con = _console(stderr=as_json, file=terminal[as_json] if terminal else None)  # --json: progress on stderr
         _print_plan(con, plan, spec, out)
         status = stack.enter_context(con.status("starting"))
         last = [None, t0]
@@ -264,8 +265,9 @@ def _sqnr(v: Any) -> str:
 @contextlib.contextmanager
 def _native_output_to_log(debug: bool) -> Iterator[tuple[str | None, Any]]:
     """Send everything the libraries print (C++ runtimes to fds 1/2, Python warnings) to a log
-    file, so the terminal shows only edgekit's progress. Yields (log path, stream for edgekit's
-    own output). Skipped under --debug and when stdout is not a real file descriptor."""
+    file, so the terminal shows only edgekit's progress. Yields (log path, (terminal stdout,
+    terminal stderr)) for edgekit's own output. Skipped under --debug and when stdout is not a
+    real file descriptor."""
     try:
         fds = (sys.stdout.fileno(), sys.stderr.fileno())
     except (AttributeError, OSError, ValueError):
@@ -277,7 +279,7 @@ def _native_output_to_log(debug: bool) -> Iterator[tuple[str | None, Any]]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    terminal = os.fdopen(os.dup(saved[0]), "w", buffering=1)
+    terminal = (os.fdopen(os.dup(saved[0]), "w", buffering=1), os.fdopen(os.dup(saved[1]), "w", buffering=1))
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     ok = False
@@ -287,7 +289,8 @@ def _native_output_to_log(debug: bool) -> Iterator[tuple[str | None, Any]]:
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        terminal.close()
+        for stream in terminal:
+            stream.close()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for f in (*saved, fd):
