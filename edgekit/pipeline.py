@@ -23,6 +23,7 @@ import numpy as np
 import edgekit
 from edgekit.bundle import SCHEMA_VERSION, BundleWriter
 from edgekit.export import EXPORTERS
+from edgekit.export.base import subdir
 from edgekit.plan import Plan
 from edgekit.profiles import DeviceProfile
 from edgekit.project import ProjectSpec, load_data, load_model
@@ -90,7 +91,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
 
         stage("export", f"{plan.format}/{plan.backend} fp32")
         names = {"input_names": [inp.name], "output_names": output_names}
-        fp32 = exporter.export(model, example, plan.backend, _subdir(work, "fp32"), **names)
+        fp32 = exporter.export(model, example, plan.backend, subdir(work, "fp32"), **names)
 
         def check(result: Any, atol: float | None, drop: float | None) -> ValidationResult:
             on_host = plan.validation == "target-runtime"
@@ -118,7 +119,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
                 used = min(len(calib), scheme.calib_samples)
                 stage("quantize", f"{plan.quant} with the backend's own quantizer"
                                   + (f", {used} calibration samples" if used else ", no calibration"))
-            result = exporter.export(model, example, plan.backend, _subdir(work, "quant"), **names,
+            result = exporter.export(model, example, plan.backend, subdir(work, "quant"), **names,
                                      quant=scheme, calib=calib, fine_tune=fine_tune)
             stage("validate-quantized", f"{plan.quant} against PyTorch fp32")
             validation = check(result, None, plan.max_accuracy_drop)
@@ -188,12 +189,6 @@ def _qat_trainer(scheme: Int8QAT, train: Any, seed: int, on_epoch: Callable[[int
                          train_mode=move_exported_model_to_train, eval_mode=move_exported_model_to_eval)
 
     return run
-
-
-def _subdir(root: str, name: str) -> Path:
-    path = Path(root) / name
-    path.mkdir()
-    return path
 
 
 def _as_numpy_list(out: Any) -> list[np.ndarray]:

@@ -43,6 +43,13 @@ class ExportResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def subdir(parent: str | Path, name: str) -> Path:
+    """``parent/name``, created: exporters write each artifact into a folder of its own."""
+    path = Path(parent) / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
 class Exporter:
     """Base class. Subclasses set the class attributes and implement ``export``."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import EdgekitError, ExportError
-from edgekit.export.base import BackendSpec, Exporter, ExportResult
+from edgekit.export.base import BackendSpec, Exporter, ExportResult, subdir
 from edgekit.export.trace import export_program, summarize
 
 
@@ -38,7 +38,7 @@ class TFLiteExporter(Exporter):
         if quant is not None and quant.name == "int8-weight-only":  # ai-edge-quantizer works on the fp32 file
             from edgekit.quantize import backends as qb
 
-            fp32 = self.export(model, example_inputs, backend, _subdir(out_dir, "fp32")).model_path
+            fp32 = self.export(model, example_inputs, backend, subdir(out_dir, "fp32")).model_path
             tool = qb.aeq_weight_only(fp32, path)
             return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
                                 details={"quantization": {**quant.to_dict(), **tool, "calibration_batches": 0,
@@ -77,8 +77,3 @@ class TFLiteExporter(Exporter):
             root.setLevel(level)
         return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
                             details=details)
-
-
-def _subdir(parent: Path, name: str) -> Path:
-    (parent / name).mkdir(exist_ok=True)
-    return parent / name
