@@ -12,7 +12,8 @@ import sys
 from click.testing import CliRunner
 import edgekit, edgekit.cli, edgekit.plan, edgekit.profiles
 from edgekit.cli import cli
-for args in (["--help"], ["profiles", "list"], ["profiles", "show", "pixel8"], ["build", "-d", "pixel8", "--dry-run"]):
+for args in (["--help"], ["profiles", "list"], ["profiles", "show", "pixel8"], ["build", "-d", "pixel8", "--dry-run"],
+             ["serve", "--help"], ["results", "--help"], ["quantize-report", "--help"]):
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, (args, r.output)
 print(",".join(sorted(m for m in {heavy} if m in sys.modules)))

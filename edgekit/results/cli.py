@@ -1,0 +1,144 @@
+"""``edgekit serve`` (the collector) and ``edgekit results`` (list and compare stored runs).
+
+Both are plain click commands that ``edgekit.cli`` adds to its group; the store, the
+server and rich are imported inside them so that ``edgekit --help`` stays fast.
+
+    edgekit serve [--host 127.0.0.1] [--port 8765] [--db PATH] [--bundle DIR ...]
+    edgekit results [--device D] [--bundle B] [--limit N] [--json] [--db PATH]
+    edgekit results --compare RUN_A RUN_B [--json]     # before (A) / after (B)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgekit.results import ResultsError
+
+DEFAULT_PORT = 8765
+
+_db_option = click.option("--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                          help="Results database  [default: $EDGEKIT_HOME/results.db, else ~/.edgekit/results.db]")
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; the token still guards it).")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="Port (0: any free port; the URL is printed).")
+@_db_option
+@click.option("--bundle", "bundles", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Store reports of this bundle's model with its manifest summary (repeatable).")
+def serve(host: str, port: int, db: Path | None, bundles: tuple[Path, ...]) -> None:
+    """Receive signed run reports over HTTP and store them, until Ctrl-C."""
+    from edgekit.results.server import REPORTS_PATH, make_server, new_collector, server_url
+    from edgekit.results.signing import TOKEN_ENV, ensure_token
+
+    token, token_source = ensure_token()
+    server = make_server(new_collector(db, token, manifests=[_manifest(b) for b in bundles]), host, port)
+    url = server_url(server)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger = logging.getLogger("edgekit.results.server")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    token_hint = f"${TOKEN_ENV}" if token_source.startswith("$") else f"$(cat {token_source})"
+    click.echo(f"edgekit collector listening on {url}\n"
+               f"  reports  POST {url}{REPORTS_PATH}\n"
+               f"  store    {server.collector.store.path}\n"
+               f"  token    {token_source}\n"
+               f"  runner   EDGEKIT_TOKEN={token_hint} python -m edgekit_runner BUNDLE --collector {url}\n"
+               "Ctrl-C to stop")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    finally:
+        server.server_close()
+        logger.removeHandler(handler)
+
+
+@click.command()
+@click.option("--device", "-d", default=None, help="Only runs on this device id or for this profile id.")
+@click.option("--bundle", "-b", default=None,
+              help="Only runs of this bundle: a bundle folder here (matched by its model's sha256), "
+                   "the bundle path as the runner reported it, or a model sha256 prefix (8+ hex digits).")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True, help="Newest N runs.")
+@click.option("--compare", nargs=2, metavar="RUN_A RUN_B", default=None,
+              help="Before (A) / after (B): latency p50/p90, accuracy, size, peak memory. Ids or unique prefixes.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_db_option
+def results(device: str | None, bundle: str | None, limit: int, compare: tuple[str, str] | None, as_json: bool,
+            db: Path | None) -> None:
+    """List stored runs, newest first, or compare two."""
+    from edgekit.results.store import ResultsStore, model_sha256
+
+    store = ResultsStore(db)
+    if compare:
+        _print_compare(store, *compare, as_json)
+        return
+    if bundle and (Path(bundle) / "manifest.json").is_file():
+        bundle = model_sha256(_manifest(Path(bundle))) or bundle
+    runs = store.list_runs(device=device, bundle=bundle, limit=limit)
+    if as_json:
+        click.echo(json.dumps([dict(r.summary(), report=r.report) for r in runs], indent=2))
+        return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    if not runs:
+        click.echo(f"no runs in {store.path}" + (" match these filters" if device or bundle else "") +
+                   "; `edgekit bench BUNDLE --on TARGET` adds runs")
+        return
+    table = Table("run", "created (UTC)", "device", "format/backend precision", "status", "p50 ms", "p90 ms",
+                  "accuracy", box=box.SIMPLE_HEAD, caption=f"{len(runs)} run(s) in {store.path}")
+    for i in (0, 4, 5, 6, 7):  # ids, statuses and figures are never cut; names wrap
+        table.columns[i].no_wrap = True
+    for r in runs:
+        table.add_row(r.run_id[:8], r.created_at[:16].replace("T", " "),
+                      f"{r.profile or '?'} on {r.device_id or '?'}",
+                      f"{r.format or '?'}/{r.backend or '?'} {r.precision or ''}".strip(),
+                      r.status if r.status == "OK" else f"[red]{r.status}[/]",
+                      _fmt(r.latency_p50_ms, ".3f"), _fmt(r.latency_p90_ms, ".3f"), _fmt(r.accuracy, ".2%"))
+    Console(highlight=False).print(table)
+
+
+def _print_compare(store: Any, run_a: str, run_b: str, as_json: bool) -> None:
+    rows = store.compare(run_a, run_b)
+    if as_json:
+        click.echo(json.dumps([{"metric": d.metric, "before": d.before, "after": d.after, "delta": d.delta,
+                                "change_pct": d.change_pct} for d in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    a, b = store.get(run_a), store.get(run_b)
+    table = Table("", f"before {a.run_id[:8]}", f"after {b.run_id[:8]}", "delta", "change")
+    for d in rows:
+        if d.metric == "accuracy":  # a fraction: values in %, the delta in percentage points
+            cells = [_fmt(d.before, ".2%"), _fmt(d.after, ".2%"), _fmt(None if d.delta is None else 100 * d.delta,
+                                                                        "+.2f") + " pt"]
+        else:
+            spec = ".0f" if "bytes" in d.metric else ".3f"
+            cells = [_fmt(d.before, spec), _fmt(d.after, spec), _fmt(d.delta, "+" + spec)]
+        table.add_row(d.metric, *cells, _fmt(d.change_pct, "+.1f") + ("%" if d.change_pct is not None else ""))
+    Console(highlight=False).print(table)
+
+
+def _manifest(bundle: Path) -> dict[str, Any]:
+    path = bundle / "manifest.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ResultsError(f"cannot read the bundle manifest {path}: {e}; pass a bundle folder") from None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -1,0 +1,259 @@
+"""The collector: a small HTTP server (stdlib ``ThreadingHTTPServer``) that receives signed run reports.
+
+``POST /api/v1/reports`` — a JSON run report, signed (:mod:`edgekit.results.signing`):
+
+=====  ==================================================================================
+201    stored: ``{"message": "stored", "run_id": ..., "duplicate": false}``
+409    that ``run_id`` was stored before (a replay or a retry whose answer was lost); not
+       stored again: ``{"error": ..., "run_id": ..., "duplicate": true}``. The runner's
+       uploader counts this as delivered.
+400    bad Content-Length, malformed JSON, or not a report of a known schema; the body is
+       kept for inspection in ``rejected/<UTC time>-<n>.body`` (with a ``.reason``; the
+       oldest are removed beyond ``max_rejected``)
+401    missing, malformed, wrong or stale signature. Nothing is written: unauthenticated
+       bodies never reach the disk
+411    no Content-Length (chunked uploads are not accepted)
+413    Content-Length over ``max_body`` (1 MiB); decided before the body is read
+503    the results database is unusable (the uploader keeps the report and retries)
+=====  ==================================================================================
+
+``GET /api/v1/health`` answers 200. Every request is logged as one line (logger
+``edgekit.results.server``); a bad request never stops the server.
+
+A report whose model sha256 matches a bundle the collector was given (``manifests``) is
+stored with that bundle's manifest summary.
+
+>>> with serve_in_thread(tmp / "results.db", token="...") as running:  # doctest: +SKIP
+...     subprocess.run(["python", "-m", "edgekit_runner", bundle, "--collector", running.url])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from edgekit.results import ResultsError, edgekit_home
+from edgekit.results.schema import SUPPORTED_VERSIONS, ReportInvalid, parse_report
+from edgekit.results.signing import MAX_SKEW_S, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, ensure_token, verify
+from edgekit.results.store import ResultsStore, model_sha256
+
+REPORTS_PATH = "/api/v1/reports"
+HEALTH_PATH = "/api/v1/health"
+MAX_BODY = 1 << 20
+MAX_REJECTED = 100
+DRAIN_LIMIT = 16 << 20  # an oversized body up to this is read and dropped, so the client sees the 413
+READ_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Collector:
+    """What the request handlers share: the store, the token, the limits, the bundles it knows."""
+
+    store: ResultsStore
+    token: str
+    max_body: int = MAX_BODY
+    max_skew_s: int = MAX_SKEW_S
+    rejected_dir: Path = field(default_factory=lambda: edgekit_home() / "rejected")
+    max_rejected: int = MAX_REJECTED
+    manifests: dict[str, dict[str, Any]] = field(default_factory=dict)  # model sha256 -> bundle manifest
+    received: list[str] = field(default_factory=list)  # run_ids stored by this collector, in order
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _counter: Iterator[int] = field(default_factory=itertools.count, repr=False)
+
+    def add_manifest(self, manifest: dict[str, Any]) -> None:
+        """Reports of this bundle's model (by sha256) are stored with its manifest summary."""
+        sha = model_sha256(manifest)
+        if sha:
+            self.manifests[sha] = manifest
+
+    def receive(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        """Check, parse and store one POSTed report; (HTTP status, JSON answer)."""
+        try:
+            verify(self.token, headers.get(TIMESTAMP_HEADER), headers.get(SIGNATURE_HEADER), body,
+                   max_skew_s=self.max_skew_s)
+        except SignatureError as e:
+            return 401, {"error": str(e)}
+        try:
+            report = parse_report(body)
+        except ReportInvalid as e:
+            return 400, {"error": str(e), "kept": self.keep_aside(body, str(e))}
+        try:
+            new = self.store.add(report, manifest=self.manifests.get(report.bundle.model_sha256 or ""))
+        except ResultsError as e:
+            log.error("cannot store run %s: %s", report.run_id, e)
+            return 503, {"error": f"the collector cannot store reports right now: {e}"}
+        if not new:
+            return 409, {"error": f"run {report.run_id} was already stored; not stored again",
+                         "run_id": report.run_id, "duplicate": True}
+        with self._lock:
+            self.received.append(report.run_id)
+        return 201, {"message": "stored", "run_id": report.run_id, "duplicate": False}
+
+    def keep_aside(self, body: bytes, reason: str) -> str | None:
+        """Write a rejected body to ``rejected_dir`` (oldest beyond ``max_rejected`` removed); its file name."""
+        try:
+            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+                path = self.rejected_dir / f"{stamp}-{next(self._counter)}.body"
+                while path.exists():  # a collector started earlier in the same second
+                    path = self.rejected_dir / f"{stamp}-{next(self._counter)}.body"
+                _write_atomic(path.with_suffix(".reason"), (reason + "\n").encode("utf-8"))
+                _write_atomic(path, body)
+                bodies = sorted(self.rejected_dir.glob("*.body"), key=lambda p: p.stat().st_mtime_ns)
+                for old in bodies[: max(0, len(bodies) - self.max_rejected)]:
+                    old.unlink(missing_ok=True)
+                    old.with_suffix(".reason").unlink(missing_ok=True)
+            return path.name
+        except OSError as e:
+            log.warning("could not keep a rejected body in %s: %s", self.rejected_dir, e)
+            return None
+
+
+@dataclass(frozen=True)
+class RunningCollector:
+    """A collector serving in a background thread (see :func:`serve_in_thread`)."""
+
+    url: str  # base URL, e.g. http://127.0.0.1:41234
+    collector: Collector
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "edgekit-collector"
+    timeout = READ_TIMEOUT_S  # a client that stops sending mid-body is dropped, not waited on forever
+    server: _Server
+
+    def do_GET(self) -> None:
+        if self.path == HEALTH_PATH:
+            self._reply(200, {"ok": True, "schema_versions": list(SUPPORTED_VERSIONS)})
+        else:
+            self._reply(404, {"error": f"no endpoint {self.path}; reports go to POST {REPORTS_PATH}"})
+
+    def do_POST(self) -> None:
+        collector = self.server.collector
+        if self.path != REPORTS_PATH:
+            self._reply(404, {"error": f"no endpoint {self.path}; reports go to POST {REPORTS_PATH}"})
+            return
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self._reply(411, {"error": "Content-Length is required (chunked bodies are not accepted)"})
+            return
+        if not length.strip().isdigit():
+            self._reply(400, {"error": f"Content-Length {length[:40]!r} is not a byte count"})
+            return
+        size = int(length)
+        if size > collector.max_body:
+            if size <= DRAIN_LIMIT:
+                self._drain(size)
+            self._reply(413, {"error": f"report is {size} bytes; the collector accepts at most {collector.max_body}"})
+            return
+        body = self.rfile.read(size)
+        if len(body) < size:
+            self._reply(400, {"error": f"body ended after {len(body)} of {size} bytes"})
+            return
+        try:
+            status, answer = collector.receive(self.headers, body)
+        except Exception:  # a bug here must not take the server down; the uploader retries a 500
+            log.exception("error handling a report")
+            status, answer = 500, {"error": "internal error in the collector; see its log"}
+        self._reply(status, answer)
+
+    def _drain(self, size: int) -> None:
+        with contextlib.suppress(OSError):
+            while size > 0 and (chunk := self.rfile.read(min(size, 1 << 16))):
+                size -= len(chunk)
+
+    def _reply(self, status: int, answer: dict[str, Any]) -> None:
+        """Log the request's one line (before answering: the client may act on the answer at once), then answer."""
+        note = answer.get("error") or answer.get("message") or ""
+        log.info('%s "%s %s" %d %s %s %s', self.client_address[0], self.command, self.path, status,
+                 self.headers.get("Content-Length", "-"), answer.get("run_id") or "-", note)
+        payload = json.dumps(answer).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        """Replaced by the one line :meth:`_reply` logs."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.warning("%s %s", self.client_address[0], format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    collector: Collector
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished mid-answer is one log line, not a traceback."""
+        log.warning("%s connection error: %r", client_address[0], sys.exc_info()[1])
+
+
+def make_server(collector: Collector, host: str = "127.0.0.1", port: int = 0) -> _Server:
+    """Bind (port 0 = any free port); raise ResultsError if the address cannot be used."""
+    try:
+        server = _Server((host, port), _Handler)
+    except OSError as e:
+        raise ResultsError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host") \
+            from None
+    server.collector = collector
+    return server
+
+
+def server_url(server: _Server) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}"
+
+
+def new_collector(db: Path | str | None = None, token: str | None = None, *, max_body: int = MAX_BODY,
+                  manifests: Iterable[dict[str, Any]] = (), rejected_dir: Path | None = None) -> Collector:
+    """A collector over the store at ``db`` (default ``$EDGEKIT_HOME/results.db``); the token defaults to
+    ``$EDGEKIT_TOKEN`` or the token file (created if missing)."""
+    collector = Collector(ResultsStore(db), token or ensure_token()[0], max_body=max_body)
+    if rejected_dir is not None:
+        collector.rejected_dir = Path(rejected_dir)
+    for manifest in manifests:
+        collector.add_manifest(manifest)
+    return collector
+
+
+@contextlib.contextmanager
+def serve_in_thread(db: Path | str | None = None, token: str | None = None, *, host: str = "127.0.0.1",
+                    port: int = 0, max_body: int = MAX_BODY, manifests: Iterable[dict[str, Any]] = (),
+                    rejected_dir: Path | None = None) -> Iterator[RunningCollector]:
+    """Serve in a background thread for the ``with`` block (port 0: a free one); stop cleanly after it."""
+    server = make_server(new_collector(db, token, max_body=max_body, manifests=manifests,
+                                       rejected_dir=rejected_dir), host, port)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name="edgekit-collector", daemon=True)
+    thread.start()
+    try:
+        yield RunningCollector(server_url(server), server.collector)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
