@@ -142,21 +142,27 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
               help="Override the profile's default format.")
 @click.option("--backend", default=None, help="Override the backend (xnnpack, coreml, vulkan, cpu, qnn, ...).")
 @click.option("--quant", type=click.Choice(["none", "int8", "int8-qat", "int8-dynamic", "int8-weight-only",
-                                          "int4-weight-only", "fp16", "auto"]),
-              default="none",
+                                          "int4-weight-only", "fp16", "mixed", "auto"]),
+              default="auto",
               show_default=True,
               help="Quantize with the backend's own quantizer: int8 = W8A8 post-training, calibrated on the "
                    "project's calib split; int8-qat = quantization-aware fine-tuning on the train split; "
                    "int8-dynamic = int8 weights, activations quantized at run time; int8-weight-only = int8 weights, "
                    "float activations (TFLite); int4-weight-only = 4-bit grouped "
-                   "linear weights (ExecuTorch/XNNPACK); fp16 = half precision (ONNX); "
-                   "auto = the profile's recommended scheme.")
+                   "linear weights (ExecuTorch/XNNPACK); fp16 = half precision (ONNX); mixed = int8 with the most "
+                   "sensitive layers kept float until the accuracy budget is met (see quantize-report); "
+                   "auto = the profile's recommended scheme (`edgekit profiles list`); none = fp32 only.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True,
               help="Calibration samples for --quant int8.")
 @click.option("--qat-epochs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Fine-tuning epochs for --quant int8-qat.")
 @click.option("--group-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Input features per scale for --quant int4-weight-only.")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
+              help="--quant mixed: keep this layer (module path, e.g. features.0) in float instead of searching "
+                   "(repeatable).")
+@click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+              help="Accuracy budget for quantized builds, in points below fp32  [default: the profile's]")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Bundle folder  [default: build/<device>]")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (atomically).")
@@ -164,8 +170,8 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON when done.")
 @click.pass_context
 def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
-          quant: str, calib_samples: int, qat_epochs: int, group_size: int, out: Path | None, force: bool,
-          dry_run: bool, as_json: bool) -> None:
+          quant: str, calib_samples: int, qat_epochs: int, group_size: int, keep_float: tuple[str, ...],
+          max_accuracy_drop: float | None, out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
     """Export, validate and bundle the project's model for DEVICE."""
     from edgekit.bundle import check_destination
     from edgekit.plan import make_plan
@@ -174,7 +180,7 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
     profile = _registry(ctx).load(device)
     spec = load_project(project)
     plan = make_plan(profile, fmt, backend, quant=quant, calib_samples=calib_samples, qat_epochs=qat_epochs,
-                     group_size=group_size)
+                     group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop)
     out = out or Path("build") / profile.id
     if dry_run:
         _print_plan(_console(), plan, spec, out)
@@ -244,6 +250,8 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     for label, values in rows.items():
         table.add_row(label, *values)
     con.print(table)
+    if result.sensitivity is not None:
+        _print_sensitivity(con, result.sensitivity)
     check = (f"max abs error <= {v.atol:g}" if v.atol is not None
              else f"accuracy drop {v.accuracy_drop:.2f} <= {v.max_accuracy_drop:g} points")
     con.print(f"  passed: {check}; latency is this host's (batch {v.host_latency_ms['batch']}), not the device's")
@@ -255,6 +263,22 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     con.print(f"bundle: [bold]{result.bundle}[/] (built in {seconds:.1f} s)")
     con.print(f"  run it:   python -m edgekit_runner {result.bundle}")
     con.print(f"  check it: edgekit inspect {result.bundle}")
+
+
+def _print_sensitivity(con: Any, report: Any) -> None:
+    from rich.table import Table
+
+    table = Table("layer", "type", "params", f"{report.metric_name} (only this layer int8)", "drop (points)",
+                  "output SQNR", "keeps", title="per-layer int8 sensitivity (eval split, simulated)")
+    for s in report.layers:
+        sqnr = "exact" if s.sqnr_db is None else f"{s.sqnr_db:.1f} dB"
+        keep = "[yellow]fp32[/]" if s.precision == "fp32" else "int8"
+        table.add_row(s.name, s.kind, f"{s.params:,}", f"{s.metric:.2%}", f"{s.drop_points:+.2f}", sqnr, keep)
+    con.print(table)
+    chosen = ", ".join(report.float_layers) or "none"
+    con.print(f"  fp32 {report.fp32_metric:.2%}; every layer int8 {report.int8_metric:.2%}; mixed "
+              f"{report.mixed_metric:.2%} with float layers: {chosen} (+{report.float_cost_bytes / 1024:.1f} KiB); "
+              f"budget {report.budget_points:g} points; {report.evaluations} simulated evaluations")
 
 
 def _sqnr(v: Any) -> str:
@@ -299,6 +323,48 @@ def _native_output_to_log(debug: bool) -> Iterator[tuple[str | None, Any]]:
             os.unlink(log)
 
 
+# ---------------------------------------------------------------- quantize-report
+@cli.command("quantize-report")
+@click.option("--device", "-d", required=True, help="Device profile id: its accuracy budget is the target.")
+@click.option("--project", "-p", type=click.Path(path_type=Path), default=None,
+              help="edgekit.toml or its folder  [default: ./edgekit.toml]")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Calibration samples.")
+@click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+              help="Accuracy budget in points below fp32  [default: the profile's]")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def quantize_report(ctx: click.Context, device: str, project: Path | None, calib_samples: int,
+                    max_accuracy_drop: float | None, as_json: bool) -> None:
+    """Per-layer int8 sensitivity, and the layers --quant mixed would keep in float.
+
+    Each Conv/Linear layer is quantized alone (PT2E, simulated in PyTorch) and measured on the
+    eval split; then layers are kept float, most damaging first, until the budget is met."""
+    from edgekit.plan import make_plan
+    from edgekit.project import load_data, load_model, load_project
+
+    profile = _registry(ctx).load(device)
+    plan = make_plan(profile, quant="int8", calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop)
+    spec = load_project(project)
+    con = _console(stderr=True)
+    with con.status("loading the project") as status:
+        import torch
+
+        from edgekit.quantize.sensitivity import analyze
+
+        torch.manual_seed(spec.seed)
+        splits = load_data(spec)
+        model = load_model(spec)
+        ev, n = splits["eval"], spec.inputs[0].shape[0]
+        example = (torch.from_numpy(ev.x[:n]).clone(memory_format=torch.contiguous_format),)
+        report = analyze(model, example, splits["calib"].x[:calib_samples], ev.x, ev.y, plan.max_accuracy_drop,
+                         progress=status.update)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    _print_sensitivity(_console(), report)
+
+
 # ---------------------------------------------------------------- inspect
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
@@ -331,6 +397,22 @@ def inspect(bundle: Path, as_json: bool) -> None:
             con.print("  [green]✓[/] every file matches its sha256")
     if problems:
         raise BundleError(f"{bundle} failed verification: {'; '.join(problems)}")
+
+
+from edgekit.results.cli import results, serve  # noqa: E402 (light: click only)
+
+from edgekit.transport.cli import make_bench_command  # noqa: E402 (light: click + stdlib)
+
+
+def _store_report(report: dict, manifest: dict) -> None:
+    from edgekit.results.store import ResultsStore
+
+    ResultsStore().add(report, manifest=manifest)
+
+
+cli.add_command(serve)
+cli.add_command(results)
+cli.add_command(make_bench_command(store=_store_report))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ quantized artifact is compared with). Distillation slots in as a stage after loa
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from edgekit.export.base import subdir
 from edgekit.plan import Plan
 from edgekit.profiles import DeviceProfile
 from edgekit.project import ProjectSpec, load_data, load_model
-from edgekit.quantize.schemes import Int8QAT, scheme_from_dict
+from edgekit.quantize.schemes import Int8QAT, Mixed, scheme_from_dict
 from edgekit.validate import ValidationResult, validate
 
 VERSIONED = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntime", "litert-torch",
@@ -45,6 +46,7 @@ class BuildResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     baseline: ValidationResult | None = None  # the fp32 artifact's, when the bundle is quantized
     warnings: list[str] = field(default_factory=list)
+    sensitivity: Any = None  # edgekit.quantize.sensitivity.MixedReport for --quant mixed
 
 
 def tool_versions() -> dict[str, str]:
@@ -83,6 +85,10 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         torch.manual_seed(project.seed)
         splits = load_data(project)
         model = load_model(project)
+        if plan.quant_scheme and plan.quant_scheme.get("float_layers"):
+            from edgekit.quantize.sensitivity import check_layer_names
+
+            check_layer_names(model, tuple(plan.quant_scheme["float_layers"]))
         ev = splits["eval"]
         with torch.no_grad():
             reference = _as_numpy_list(model(torch.from_numpy(ev.x)))
@@ -104,10 +110,18 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         stage("validate", "fp32 against PyTorch " + ("in the target runtime" if plan.validation == "target-runtime"
                                                      else "on the host twin"))
         fp32_validation = check(fp32, exporter.atol["fp32"], None)
-        result, validation, warnings = fp32, fp32_validation, []
+        result, validation, warnings, sensitivity = fp32, fp32_validation, [], None
         if plan.quant_scheme:
             scheme = scheme_from_dict(plan.quant_scheme)
             calib, fine_tune = splits["calib"].x, None
+            if isinstance(scheme, Mixed):
+                from edgekit.quantize.sensitivity import analyze
+
+                stage("analyze", "per-layer int8 sensitivity on the eval split")
+                sensitivity = analyze(model, example, calib[: scheme.calib_samples], ev.x, ev.y,
+                                      plan.max_accuracy_drop, scheme.per_channel, scheme.float_layers or None,
+                                      progress=lambda msg: stage("analyze", msg))
+                scheme = dataclasses.replace(scheme, float_layers=tuple(sensitivity.float_layers))
             if isinstance(scheme, Int8QAT):
                 fine_tune = _qat_trainer(scheme, splits["train"], project.seed,
                                          lambda e, n, loss: stage("qat", f"epoch {e}/{n}, loss {loss:.4f}"))
@@ -121,6 +135,8 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
                                   + (f", {used} calibration samples" if used else ", no calibration"))
             result = exporter.export(model, example, plan.backend, subdir(work, "quant"), **names,
                                      quant=scheme, calib=calib, fine_tune=fine_tune)
+            if sensitivity is not None:
+                result.details["quantization"]["sensitivity"] = sensitivity.to_dict()
             stage("validate-quantized", f"{plan.quant} against PyTorch fp32")
             validation = check(result, None, plan.max_accuracy_drop)
 
@@ -136,7 +152,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         manifest["timings_s"] = timings
         bundle = writer.commit(manifest)
     return BuildResult(bundle, plan, manifest, validation, timings,
-                       None if result is fp32 else fp32_validation, warnings)
+                       None if result is fp32 else fp32_validation, warnings, sensitivity)
 
 
 def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_path: Path, output_names: list[str],

@@ -83,9 +83,17 @@ def resolve_quant(profile: DeviceProfile, quant: str) -> str:
 
 
 def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
-              quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32) -> Plan:
-    """Pick format/backend (profile default unless overridden) and check it can be built."""
+              quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32,
+              keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None) -> Plan:
+    """Pick format/backend (profile default unless overridden) and check it can be built.
+
+    ``keep_float`` (mixed only) names the layers to keep in float instead of searching for them;
+    ``max_accuracy_drop`` overrides the profile's budget (points) for quantized builds."""
     quant = resolve_quant(profile, quant)
+    if keep_float and quant != "mixed":
+        raise PlanError(f"--keep-float applies to --quant mixed, not --quant {quant}")
+    if max_accuracy_drop is not None and max_accuracy_drop < 0:
+        raise PlanError(f"--max-accuracy-drop must be >= 0 points, got {max_accuracy_drop:g}")
     if quant not in ("none", *SCHEMES):
         raise PlanError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANT_CHOICES)}")
     scheme = None
@@ -95,6 +103,8 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         scheme = SCHEMES[quant](group_size=group_size)
     elif quant == "int8":
         scheme = SCHEMES[quant](calib_samples=calib_samples)
+    elif quant == "mixed":
+        scheme = SCHEMES[quant](calib_samples=calib_samples, float_layers=tuple(keep_float))
     elif quant != "none":
         scheme = SCHEMES[quant]()
     precision = scheme.precision if scheme else "fp32"
@@ -137,8 +147,10 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         profile_default_quant=profile.default.quant,
         validation="target-runtime" if spec.runs_on_host else "host-twin", host_twin=spec.host_twin,
         atol=EXPORTERS[fmt].atol.get(precision),
-        max_accuracy_drop=profile.budgets.max_accuracy_drop if scheme else None,
-        stages=("load", "export", "validate", "quantize" if quant != "int8-qat" else "qat", "validate", "bundle")
+        max_accuracy_drop=(profile.budgets.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop)
+        if scheme else None,
+        stages=("load", "export", "validate", *(("analyze",) if quant == "mixed" else ()),
+                "quantize" if quant != "int8-qat" else "qat", "validate", "bundle")
         if scheme
         else ("load", "export", "validate", "bundle"),
     )

@@ -39,6 +39,8 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("bundles")
 
     def build(device: str, *extra: str) -> Path:
+        """Without --quant: the fp32 bundle (--quant none; the CLI's default is the profile's scheme)."""
+        extra = extra if "--quant" in extra else (*extra, "--quant", "none")
         key = (device, *extra)
         if key not in cache:
             out = base / "-".join(key).replace("/", "_")

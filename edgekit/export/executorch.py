@@ -26,15 +26,15 @@ class ExecuTorchExporter(Exporter):
     backends = {
         "xnnpack": BackendSpec(
             "xnnpack", "XNNPACK delegate (Arm / x86 CPU)", ("fp32", "int8", "int4-weight"), True,
-            runtime_target="XnnpackBackend", quant_schemes=("int8", "int8-qat", "int8-dynamic", "int4-weight-only"),
+            runtime_target="XnnpackBackend", quant_schemes=("int8", "int8-qat", "int8-dynamic", "int4-weight-only", "mixed"),
         ),
         "coreml": BackendSpec(
-            "coreml", "Core ML delegate (Apple Neural Engine / GPU / CPU)", ("fp32",), False,
-            host_twin=_TWIN, runtime_target="CoreMLBackend",
+            "coreml", "Core ML delegate (Apple Neural Engine / GPU / CPU)", ("fp32", "fp16", "int8-weight"), False,
+            host_twin=_TWIN, runtime_target="CoreMLBackend", quant_schemes=("fp16", "int8-weight-only"),
         ),
         "vulkan": BackendSpec(
-            "vulkan", "Vulkan delegate (mobile GPU)", ("fp32",), False,
-            host_twin=_TWIN, runtime_target="VulkanBackend",
+            "vulkan", "Vulkan delegate (mobile GPU)", ("fp32", "fp16"), False,
+            host_twin=_TWIN, runtime_target="VulkanBackend", quant_schemes=("fp16",),
         ),
     }
 
@@ -50,6 +50,18 @@ class ExecuTorchExporter(Exporter):
                                               "tool": "torchao Int8DynamicActivationIntxWeightConfig (8da4w)",
                                               "weights": f"int4 symmetric, groups of {quant.group_size}",
                                               "activations": "int8 dynamic (XNNPACK's int4 GEMM)"}}
+        elif quant is not None and quant.name == "int8-weight-only":  # Core ML: PT2E with CoreMLQuantizer
+            from edgekit.quantize import backends as qb
+
+            model = qb.pt2e_quantize(model, example_inputs, [], qb.coreml_weight_quantizer())
+            quant_details = {"quantization": {**quant.to_dict(), "calibration_batches": 0,
+                                              "tool": "PT2E CoreMLQuantizer (coremltools LinearQuantizerConfig)",
+                                              "weights": "int8 symmetric per-channel", "activations": "fp16"}}
+        elif quant is not None and quant.name == "fp16":  # the delegate computes in half precision
+            quant_details = {"quantization": {**quant.to_dict(), "calibration_batches": 0,
+                                              "tool": "Core ML compute_precision FLOAT16" if backend == "coreml"
+                                              else "Vulkan force_fp16", "weights": "fp16", "activations": "fp16",
+                                              "io": "float32"}}
         elif quant is not None:  # PT2E with the XNNPACK quantizer (the planner allows int8 only there)
             from edgekit.quantize import backends as qb
 
@@ -57,40 +69,69 @@ class ExecuTorchExporter(Exporter):
             model = qb.pt2e_quantize(model, example_inputs, batches, qb.xnnpack_quantizer(quant), qat=fine_tune)
             quant_details = {"quantization": {**quant.to_dict(), "tool": "PT2E XNNPACKQuantizer",
                                               "calibration_batches": len(batches)}}
+        half = quant is not None and quant.name in ("fp16", "int8-weight-only")  # Core ML's activations are fp16
         ep = export_program(model, example_inputs)
         path = out_dir / f"model{self.extension}"
-        edge = _lower(ep, backend)
+        edge = _lower(ep, backend, half)
         path.write_bytes(_serialize(edge, backend))
         result = ExportResult(model_path=path, details={**_delegation(edge), **quant_details})
         if not self.backends[backend].runs_on_host:
+            # The twin computes what the delegate computes, on portable kernels: fp16 arithmetic for
+            # fp16 (the model cast to half inside, float32 I/O as the delegate's), the dequantized int8
+            # weights for int8-weight-only (its fp16 activations are not emulated: fp32 there).
+            twin_model = _half_precision(model) if quant is not None and quant.name == "fp16" else model
+            if quant is not None and quant.name == "int8-weight-only":
+                import executorch.kernels.quantized  # noqa: F401  (out variants of the dequantize ops)
             twin = out_dir / "host-twin" / f"model{self.extension}"
             twin.parent.mkdir(parents=True, exist_ok=True)
-            twin.write_bytes(_serialize(_lower(export_program(model, example_inputs), None), "portable"))
+            twin.write_bytes(_serialize(_lower(export_program(twin_model, example_inputs), None), "portable"))
             result.twin_path = twin
         return result
 
 
-def _partitioner(backend: str) -> Any:
+def _half_precision(model: Any) -> Any:
+    """``model`` computing in float16 with float32 inputs and outputs (a delegate's fp16 mode)."""
+    import copy
+
+    import torch
+
+    class HalfPrecision(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = copy.deepcopy(model).half()
+
+        def forward(self, *xs: torch.Tensor) -> Any:
+            out = self.inner(*(x.half() for x in xs))
+            return tuple(o.float() for o in out) if isinstance(out, (tuple, list)) else out.float()
+
+    return HalfPrecision().eval()
+
+
+def _partitioner(backend: str, half: bool = False) -> Any:
     if backend == "xnnpack":
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         return XnnpackPartitioner()
-    if backend == "coreml":
+    if backend == "coreml":  # Core ML defaults to FLOAT16 compute: say fp32 explicitly when that is the plan
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
-        return CoreMLPartitioner()
+        return CoreMLPartitioner(compile_specs=CoreMLBackend.generate_compile_specs(
+            minimum_deployment_target=ct.target.iOS17,  # int8 weights in ML programs need iOS 17
+            compute_precision=ct.precision.FLOAT16 if half else ct.precision.FLOAT32))
     if backend == "vulkan":
         from executorch.backends.vulkan.partitioner.vulkan_partitioner import VulkanPartitioner
 
-        return VulkanPartitioner()
+        return VulkanPartitioner({"force_fp16": half})
     raise ValueError(backend)
 
 
-def _lower(ep: Any, backend: str | None) -> Any:
+def _lower(ep: Any, backend: str | None, half: bool = False) -> Any:
     from executorch.exir import to_edge_transform_and_lower
 
     try:
-        partitioner = [_partitioner(backend)] if backend else []
+        partitioner = [_partitioner(backend, half)] if backend else []
         return to_edge_transform_and_lower(ep, partitioner=partitioner)
     except ImportError as e:
         raise ExportError(f"the ExecuTorch {backend} backend is not installed: {e}") from e

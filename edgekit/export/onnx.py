@@ -27,12 +27,13 @@ class OnnxExporter(Exporter):
     backends = {
         "cpu": BackendSpec("cpu", "ONNX Runtime CPU execution provider", ("fp32", "fp16", "int8"), True,
                            runtime_target="CPUExecutionProvider",
-                           quant_schemes=("int8", "int8-dynamic", "fp16")),
+                           quant_schemes=("int8", "int8-dynamic", "fp16", "mixed")),
         "qnn": BackendSpec("qnn", "ONNX Runtime QNN EP (Qualcomm Hexagon HTP)", ("fp32", "fp16", "int8"), False,
-                           host_twin=_TWIN, runtime_target="QNNExecutionProvider", quant_schemes=("int8", "fp16")),
+                           host_twin=_TWIN, runtime_target="QNNExecutionProvider",
+                           quant_schemes=("int8", "fp16", "mixed")),
         "tensorrt": BackendSpec("tensorrt", "ONNX Runtime TensorRT EP (NVIDIA GPU)", ("fp32", "fp16", "int8"), False,
                                 host_twin=_TWIN, runtime_target="TensorrtExecutionProvider",
-                                quant_schemes=("int8", "fp16")),
+                                quant_schemes=("int8", "fp16", "mixed")),
         "cuda": BackendSpec("cuda", "ONNX Runtime CUDA EP (NVIDIA GPU)", ("fp32", "fp16"), False,
                             host_twin=_TWIN, runtime_target="CUDAExecutionProvider", quant_schemes=("fp16",)),
     }
@@ -51,7 +52,7 @@ class OnnxExporter(Exporter):
                 program = torch.onnx.export(ep, example_inputs, dynamo=True, verbose=False,
                                             input_names=input_names, output_names=output_names)
             program.save(str(fp32_path))
-            _strip_debug_info(fp32_path)
+            node_modules = _strip_debug_info(fp32_path)
             onnx.checker.check_model(str(fp32_path), full_check=True)
         except Exception as e:
             raise ExportError(f"ONNX export failed: {summarize(e)}") from e
@@ -61,7 +62,7 @@ class OnnxExporter(Exporter):
 
             batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
             input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
-            tool = qb.ort_quantize(fp32_path, path, input_name, batches, backend, quant)
+            tool = qb.ort_quantize(fp32_path, path, input_name, batches, backend, quant, node_modules)
             details["quantization"] = {**quant.to_dict(), **tool, "calibration_batches": len(batches)}
         opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
                       if o.domain in ("", "ai.onnx")), None)
@@ -69,14 +70,25 @@ class OnnxExporter(Exporter):
                             details={"opset": opset, **details})
 
 
-def _strip_debug_info(path: Path) -> None:
+def _strip_debug_info(path: Path) -> dict[str, str]:
     """Drop what only a debugger needs (per-node stack traces, intermediate value_info) from a
-    deployable file; a few KB that matter for small models. Shapes are re-inferred by runtimes."""
+    deployable file; a few KB that matter for small models. Shapes are re-inferred by runtimes.
+    Returns {node name: PyTorch module path} read from the exporter's name scopes first (mixed
+    precision excludes nodes by the layer they came from)."""
+    import ast
+
     import onnx
 
     model = onnx.load(str(path))
+    modules = {}
     for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if scopes:
+            path_parts = ast.literal_eval(scopes)
+            if len(path_parts) >= 2 and path_parts[-2]:
+                modules[node.name] = path_parts[-2]
         del node.metadata_props[:]
         node.doc_string = ""
     del model.graph.value_info[:]
     onnx.save(model, str(path))
+    return modules

@@ -131,9 +131,22 @@ def xnnpack_quantizer(scheme: Scheme) -> Any:
         get_symmetric_quantization_config,
     )
 
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(
-        is_per_channel=scheme.per_channel, is_qat=isinstance(scheme, Int8QAT),
-        is_dynamic=isinstance(scheme, Int8Dynamic)))
+    from edgekit.quantize.sensitivity import restricted_quantizer
+
+    config = get_symmetric_quantization_config(is_per_channel=scheme.per_channel, is_qat=isinstance(scheme, Int8QAT),
+                                               is_dynamic=isinstance(scheme, Int8Dynamic))
+    return restricted_quantizer(XNNPACKQuantizer(), config, getattr(scheme, "float_layers", ()))
+
+
+def coreml_weight_quantizer() -> Any:
+    """Core ML's own PT2E quantizer, weight-only: int8 symmetric per-channel weights, float activations."""
+    import torch
+    from coremltools.optimize.torch.quantization.quantization_config import LinearQuantizerConfig, QuantizationScheme
+    from executorch.backends.apple.coreml.quantizer import CoreMLQuantizer
+
+    return CoreMLQuantizer(LinearQuantizerConfig.from_dict({"global_config": {
+        "quantization_scheme": QuantizationScheme.symmetric, "activation_dtype": torch.float32,
+        "weight_dtype": torch.qint8, "weight_per_channel": True}}))
 
 
 def litert_quantizer(scheme: Scheme) -> Any:
@@ -145,8 +158,10 @@ def litert_quantizer(scheme: Scheme) -> Any:
 
 
 def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.ndarray], backend: str,
-                 scheme: Int8Static) -> dict[str, Any]:
-    """QDQ-quantize an fp32 .onnx with ONNX Runtime's own tools, configured for ``backend``."""
+                 scheme: Int8Static, node_modules: dict[str, str] | None = None) -> dict[str, Any]:
+    """QDQ-quantize an fp32 .onnx with ONNX Runtime's own tools, configured for ``backend``.
+    ``node_modules`` maps ONNX node names to the PyTorch module path they came from; a mixed
+    scheme's float layers become ``nodes_to_exclude``."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -163,6 +178,11 @@ def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list
         def get_next(self) -> dict | None:
             return next(self._it, None)
 
+    exclude = sorted(n for n, module in (node_modules or {}).items()
+                     if module in getattr(scheme, "float_layers", ()))
+    missing = set(getattr(scheme, "float_layers", ())) - {(node_modules or {})[n] for n in exclude}
+    if missing:
+        raise QuantizationError(f"no ONNX node comes from layer(s) {', '.join(sorted(missing))}; cannot keep them float")
     try:
         if isinstance(scheme, FP16):  # ONNX Runtime's own converter; I/O stays float32 for the app
             import onnx
@@ -179,14 +199,16 @@ def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list
             from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
             config = get_qnn_qdq_config(str(fp32_path), Reader(), activation_type=QuantType.QUInt8,
-                                        weight_type=QuantType.QInt8, per_channel=scheme.per_channel)
+                                        weight_type=QuantType.QInt8, per_channel=scheme.per_channel,
+                                        nodes_to_exclude=exclude or None)
             quantize(str(fp32_path), str(out_path), config)
-            return {"tool": "onnxruntime get_qnn_qdq_config + quantize", "activations": "uint8", "weights": "int8"}
+            return {"tool": "onnxruntime get_qnn_qdq_config + quantize", "activations": "uint8", "weights": "int8",
+                    **({"nodes_to_exclude": exclude} if exclude else {})}
         symmetric = backend == "tensorrt"  # TensorRT takes symmetric int8 Q/DQ only
         quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
                         per_channel=scheme.per_channel,
                         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
     except QuantizationError:
         raise
@@ -195,4 +217,4 @@ def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list
 
         raise ExportError(f"ONNX Runtime quantization failed: {summarize(e)}") from e
     return {"tool": "onnxruntime quantize_static (QDQ)", "activations": "int8" if symmetric else "uint8",
-            "weights": "int8"}
+            "weights": "int8", **({"nodes_to_exclude": exclude} if exclude else {})}

@@ -86,9 +86,26 @@ class Int8WeightOnly(_Scheme):
     calib_samples: int = 0
 
 
-Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16 | Int4WeightOnly | Int8WeightOnly
+@dataclass(frozen=True)
+class Mixed(_Scheme):
+    """W8A8 post-training quantization with some layers kept in float32: the most sensitive ones,
+    found by per-layer sensitivity analysis until the profile's accuracy budget is met
+    (:mod:`edgekit.quantize.sensitivity`), or the ones the user names. ``float_layers`` empty
+    means "choose them"; the manifest records the layers chosen."""
+
+    name: ClassVar[str] = "mixed"
+    precision: ClassVar[str] = "int8"
+    per_channel: bool = True
+    calib_samples: int = 128
+    float_layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:  # a dict round trip gives a list
+        object.__setattr__(self, "float_layers", tuple(self.float_layers))
+
+
+Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16 | Int4WeightOnly | Int8WeightOnly | Mixed
 SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT, "int8-dynamic": Int8Dynamic, "fp16": FP16,
-                            "int4-weight-only": Int4WeightOnly, "int8-weight-only": Int8WeightOnly}
+                            "int4-weight-only": Int4WeightOnly, "int8-weight-only": Int8WeightOnly, "mixed": Mixed}
 
 
 def scheme_from_dict(data: dict[str, Any]) -> Scheme:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edgekit.errors import PlanError
@@ -26,7 +28,7 @@ def test_every_profile_plan_round_trips_with_and_without_int8(isolated_env):
             try:
                 plan = make_plan(profile, quant=quant)
             except PlanError:
-                assert quant == "int8" and profile.id == "iphone-15-pro"  # Core ML int8 is not built yet
+                assert quant == "int8" and profile.id == "iphone-15-pro"  # Core ML: weight-only int8 or fp16
                 continue
             assert type(plan).model_validate(plan.model_dump()) == plan
             if quant == "int8":
@@ -70,6 +72,45 @@ def test_auto_uses_the_profile_recommendation():
     assert make_plan(load_profile("pixel8"), quant="auto").quant == "int8"
     assert make_plan(load_profile("galaxy-s24"), quant="auto").precision == "int8"
     assert make_plan(load_profile("jetson-orin-nano"), quant="auto").precision == "fp16"
-    with pytest.raises(PlanError, match="--quant int8-weight-only is not available for executorch/coreml on "
-                                        "iphone-15-pro; it works with: no path of this device"):
-        make_plan(load_profile("iphone-15-pro"), quant="auto")
+    iphone = make_plan(load_profile("iphone-15-pro"), quant="auto")  # Core ML's own PT2E weight quantizer
+    assert (iphone.backend, iphone.quant, iphone.precision) == ("coreml", "int8-weight-only", "int8-weight")
+
+
+def test_fp16_on_the_gpu_and_npu_delegates():
+    assert make_plan(load_profile("pixel8"), backend="vulkan", quant="fp16").precision == "fp16"
+    assert make_plan(load_profile("iphone-15-pro"), quant="fp16").validation == "host-twin"
+    with pytest.raises(PlanError, match="--quant fp16 is not available for executorch/xnnpack on pixel8"):
+        make_plan(load_profile("pixel8"), quant="fp16")
+
+
+def test_mixed_scheme_round_trips_with_its_float_layers():
+    scheme = SCHEMES["mixed"](calib_samples=64, float_layers=("features.0",))
+    data = json.loads(json.dumps(scheme.to_dict()))  # as the manifest stores it: a list
+    assert data["float_layers"] == ["features.0"]
+    assert scheme_from_dict(data) == scheme and scheme_from_dict(data).float_layers == ("features.0",)
+
+
+def test_mixed_is_planned_where_a_backend_can_keep_layers_float():
+    plan = make_plan(load_profile("pixel8"), quant="mixed", keep_float=("features.0",), max_accuracy_drop=0.5)
+    assert plan.stages == ("load", "export", "validate", "analyze", "quantize", "validate", "bundle")
+    assert plan.quant_scheme["float_layers"] == ("features.0",) and plan.max_accuracy_drop == 0.5
+    assert make_plan(load_profile("galaxy-s24"), quant="mixed").backend == "qnn"
+    with pytest.raises(PlanError, match="--quant mixed is not available for tflite/xnnpack on raspberry-pi-5"):
+        make_plan(load_profile("raspberry-pi-5"), quant="mixed")
+    with pytest.raises(PlanError, match="--keep-float applies to --quant mixed, not --quant int8"):
+        make_plan(load_profile("pixel8"), quant="int8", keep_float=("features.0",))
+    with pytest.raises(PlanError, match="--max-accuracy-drop must be >= 0"):
+        make_plan(load_profile("pixel8"), quant="int8", max_accuracy_drop=-1)
+
+
+@pytest.mark.parametrize("device,quant", [("pixel8", "int8"), ("jetson-orin-nano", "fp16"),
+                                          ("iphone-15-pro", "int8-weight-only")])
+def test_build_quantizes_as_the_profile_recommends_by_default(device, quant, root):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    result = CliRunner().invoke(cli, ["build", "-d", device, "--project", str(root), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())  # rich wraps at the terminal width
+    assert f"quantization {quant}" in text and f"profile recommends {quant} validation" in text
