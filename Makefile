@@ -22,11 +22,13 @@ demo: install
 	@echo "  $(VENV)/bin/python -m edgekit_runner build/$(DEVICE)"
 
 test: install
+	bash .ci/sshd-prereqs.sh  # the transport tests start a real sshd and drive the real adb client
 	$(VENV)/bin/python -m pytest
 
 bench: install
 	$(VENV)/bin/python benchmarks/cli_startup.py
 	$(VENV)/bin/python benchmarks/quantization.py
+	$(VENV)/bin/python benchmarks/runner_overhead.py
 	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano --quant none int8
 
 clean:

@@ -1,76 +1,268 @@
-"""``python -m edgekit_runner BUNDLE``: run a bundle's eval set in its runtime, print a JSON report.
+"""``python -m edgekit_runner BUNDLE``: measure a bundle in its runtime and print a JSON report (schema 2).
 
-Exit codes: 0 ok, 2 the bundle cannot be used (INFRA_ERROR), 3 the runtime failed on the model (MODEL_ERROR).
+Order of a run: device facts; CPU pinning (--cpus); the bundle is read and its model and eval
+files checked against the manifest's sha256; the runtime is imported, then the model loaded
+(memory peak of the load); first inference, warm-up and timed runs (memory peak of the runs);
+the eval set for accuracy and agreement with the host's reference outputs (--no-accuracy skips).
+A delegate / execution provider fallback is in the report's ``fallback`` and on stderr.
+
+Exit codes: 0 OK, 2 the bundle or runtime cannot be used (INFRA_ERROR), 3 the runtime refused
+or failed on the model (MODEL_ERROR).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edgekit_runner import evaluate, runtimes
-from edgekit_runner.report import INFRA_ERROR, MODEL_ERROR, OK, RunReport
+from edgekit_runner import evaluate, measure, runtimes, sysinfo
+from edgekit_runner.memory import MemoryProbe
+from edgekit_runner.report import EXIT_CODES, INFRA_ERROR, MODEL_ERROR, OK, RunReport
+
+TIMED_CALL = ("one inference on inputs handed to the runtime once (session.run / interpreter.invoke / "
+              "method.execute); input conversion, int8 (de)quantization and output copies are not timed")
+
+
+class BundleError(Exception):
+    """The bundle cannot be used (missing, unreadable, or not what its manifest says)."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = measure.Settings(warmup_runs=args.warmup, warmup_seconds=args.warmup_seconds,
+                                    min_runs=args.runs, min_seconds=args.min_seconds, max_seconds=args.max_seconds)
+        cpus = measure.parse_cpus(args.cpus) if args.cpus else None
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+        if args.collector and not os.environ.get("EDGEKIT_TOKEN", "").strip():
+            raise ValueError("--collector needs $EDGEKIT_TOKEN set to the collector's token")
+    except ValueError as e:
+        parser.error(str(e))
+    report = run_bundle(args.bundle, settings, args.threads, cpus, accuracy=not args.no_accuracy)
+    ok = _emit(report, args.out)
+    if args.collector:
+        _deliver(report.to_json(), args.collector, args.spool)
+    return report.exit_code if ok else EXIT_CODES[INFRA_ERROR]
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = measure.Settings()
     ap = argparse.ArgumentParser(prog="python -m edgekit_runner", description=__doc__.splitlines()[0])
     ap.add_argument("bundle", type=Path, help="bundle folder (holds manifest.json)")
-    ap.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs (default 5)")
-    ap.add_argument("--threads", type=int, default=None, help="runtime threads (default: runtime's choice)")
-    ap.add_argument("--output", type=Path, default=None, help="also write the report to this file (atomically)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--runs", type=int, default=d.min_runs, help=f"minimum timed runs (default {d.min_runs})")
+    ap.add_argument("--min-seconds", type=float, default=d.min_seconds,
+                    help=f"minimum time in timed runs (default {d.min_seconds})")
+    ap.add_argument("--warmup", type=int, default=d.warmup_runs,
+                    help=f"minimum warm-up runs (default {d.warmup_runs})")
+    ap.add_argument("--warmup-seconds", type=float, default=d.warmup_seconds,
+                    help=f"minimum warm-up time (default {d.warmup_seconds})")
+    ap.add_argument("--max-seconds", type=float, default=d.max_seconds,
+                    help=f"stop warm-up and timed runs after this long, minimums met or not (default {d.max_seconds})")
+    ap.add_argument("--threads", type=int, default=None, help="runtime intra-op threads (default: runtime's choice)")
+    ap.add_argument("--cpus", default=None, help="pin to these CPUs, e.g. 0,1 or 4-7 (Linux/Android)")
+    ap.add_argument("--no-accuracy", action="store_true", help="skip the eval set (latency and memory only)")
+    ap.add_argument("--out", "--output", dest="out", type=Path, default=None,
+                    help="also write the report to this file (atomically)")
+    ap.add_argument("--collector", default=None, metavar="URL",
+                    help="also POST the report to this edgekit collector (token from $EDGEKIT_TOKEN); "
+                         "kept in --spool and retried while it is unreachable")
+    ap.add_argument("--spool", type=Path, default=None,
+                    help="where undelivered reports wait (default: $EDGEKIT_HOME/spool, else ~/.edgekit/spool)")
+    return ap
 
-    report = run_bundle(args.bundle, args.runs, args.warmup, args.threads)
+
+def _deliver(text: str, collector: str, spool: Path | None) -> None:
+    """POST the report (signed); if the collector cannot have it now it stays in the spool, and stderr says so."""
+    from edgekit_runner import upload
+
+    token, spool_dir = os.environ["EDGEKIT_TOKEN"].strip(), spool or upload.default_spool_dir()
+    try:
+        outcome = upload.deliver(collector, token, text, spool_dir)
+        if outcome.delivered:
+            upload.flush_spool(collector, token, spool_dir)  # reports earlier runs could not deliver
+    except OSError as e:  # the spool itself cannot be written
+        print(f"edgekit_runner: WARNING: report not delivered and not spooled: {e}", file=sys.stderr)
+        return
+    level = "" if outcome.delivered else "WARNING: "
+    print(f"edgekit_runner: {level}{outcome.describe()}", file=sys.stderr)
+
+
+def _emit(report: RunReport, out: Path | None) -> bool:
+    """Warn on stderr about what a reader must not miss, print the report, write --out; False if that failed.
+
+    Delivery to a collector (--collector) follows, in main().
+    """
+    for warning in _warnings(report):
+        print(f"edgekit_runner: WARNING: {warning}", file=sys.stderr)
     text = report.to_json()
-    if args.output:
-        _write_atomic(args.output, text)
-    print(text)
-    return {OK: 0, INFRA_ERROR: 2, MODEL_ERROR: 3}[report.status]
+    print(text, flush=True)
+    if out:
+        try:
+            _write_atomic(out, text)
+        except OSError as e:
+            print(f"edgekit_runner: error: cannot write the report to {out}: {e.strerror or e}; "
+                  "pass --out a path in an existing, writable folder", file=sys.stderr)
+            return False
+    return True
 
 
-def run_bundle(bundle: Path, runs: int = 50, warmup: int = 5, threads: int | None = None) -> RunReport:
+def _warnings(report: RunReport) -> list[str]:
+    found = []
+    if report.fallback:
+        found.append(f"fallback: {report.fallback}")
+    cpus = report.timing.get("cpus")
+    if cpus and not cpus["applied"]:
+        found.append(f"--cpus not applied: {cpus['reason']}")
+    if report.timing.get("capped"):
+        found.append(f"stopped at --max-seconds {report.timing['settings']['max_seconds']:g} before the minimum "
+                     f"runs and seconds were met ({report.timing['timed_runs']} timed runs)")
+    return found
+
+
+def run_bundle(bundle: Path, settings: measure.Settings | None = None, threads: int | None = None,
+               cpus: list[int] | None = None, accuracy: bool = True) -> RunReport:
+    """Measure ``bundle`` on this device; never raises for a bad bundle or model (the status says).
+
+    >>> run_bundle(Path("build/pixel8"), measure.Settings(min_runs=100), threads=2).latency_ms["p50"]  # doctest: +SKIP
+    """
+    report = RunReport(INFRA_ERROR, {"path": str(bundle)}, device=sysinfo.collect())
+    report.timing["cpus"] = measure.pin_cpus(cpus) if cpus else None  # before any runtime thread starts
+    try:
+        manifest, data = read_bundle(bundle)
+    except BundleError as e:
+        report.error = str(e)
+        return report
+    model_info = manifest["model"]
+    report.bundle.update(profile=manifest.get("profile", {}).get("id"), format=model_info.get("format"),
+                         backend=model_info.get("backend"), precision=model_info.get("precision"),
+                         model_sha256=manifest["files"][model_info["file"]]["sha256"])
+    probe = MemoryProbe()
+    probe.file_size("model_file_bytes", bundle / model_info["file"])
+    probe.rss("baseline_rss_mb")
+    model = _load_and_time(report, probe, bundle / model_info["file"], model_info, data,
+                           settings or measure.Settings(), threads)
+    report.memory = probe.result()
+    if model is not None and accuracy:
+        try:
+            outputs = evaluate.run_dataset(model, data["inputs"])
+            report.metrics = evaluate.score(outputs[0], data["labels"], data.get("reference"),
+                                            manifest.get("project", {}).get("task"))
+        except Exception as e:  # noqa: BLE001 -- any runtime error on the model is recorded, not raised
+            _failed(report, e, model_info["runtime"])
+    return report
+
+
+def _load_and_time(report: RunReport, probe: MemoryProbe, model_path: Path, model_info: dict[str, Any],
+                   data: dict[str, np.ndarray], settings: measure.Settings,
+                   threads: int | None) -> runtimes.LoadedModel | None:
+    """Import the runtime, load the model, time it; fills runtime, timing, latency, memory and the status."""
+    runtime = model_info["runtime"]
+    try:
+        t0 = time.perf_counter_ns()
+        runtimes.import_runtime(runtime)
+        report.timing["import_ms"] = (time.perf_counter_ns() - t0) / 1e6
+    except ImportError as e:
+        report.error = f"runtime {runtime!r} is not installed on this device: {e}"
+        return None
+    probe.rss("after_import_rss_mb")
+    probe.reset_peak()
+    try:
+        t0 = time.perf_counter_ns()
+        model = runtimes.load(model_path, runtime, threads, model_info.get("runtime_target"))
+        report.timing["load_ms"] = (time.perf_counter_ns() - t0) / 1e6
+        probe.peak("peak_rss_load_mb")
+        report.runtime, report.fallback = model.info, model.info.get("fallback")
+        probe.reset_peak()
+        batch = evaluate.batch_size(model)
+        call = model.bound([np.ascontiguousarray(data["inputs"][:batch])])
+        timing, report.latency_ms = measure.measure(call, settings)
+    except Exception as e:  # noqa: BLE001 -- any runtime error on the model is recorded, not raised
+        _failed(report, e, runtime)
+        return None
+    probe.peak("peak_rss_run_mb")
+    probe.rss("rss_after_runs_mb")
+    report.latency_ms["batch"] = batch
+    report.timing.update(timing, timed_call=TIMED_CALL)
+    report.status = OK
+    return model
+
+
+def _failed(report: RunReport, e: Exception, runtime: str) -> None:
+    """Record why the runtime failed: a missing piece of it is INFRA_ERROR, anything else MODEL_ERROR."""
+    if isinstance(e, ImportError):
+        report.status, report.error = INFRA_ERROR, f"runtime {runtime!r} is incomplete on this device: {e}"
+    else:  # the runtime refused or failed on the model: record its words, the host interprets
+        report.status, report.error = MODEL_ERROR, f"{type(e).__name__}: {e}".splitlines()[0][:500]
+
+
+def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The manifest and the eval arrays, after checking the model and eval files against the manifest."""
     try:
         manifest = json.loads((bundle / "manifest.json").read_text())
-        model_info = manifest["model"]
-        data = np.load(bundle / manifest["eval"]["file"], allow_pickle=False)
-        inputs, labels = data["inputs"], data["labels"]
-    except (OSError, KeyError, ValueError) as e:
-        return RunReport(INFRA_ERROR, {"path": str(bundle)}, error=f"cannot read bundle {bundle}: {e}")
-    summary = {"path": str(bundle), "profile": manifest.get("profile", {}).get("id"),
-               "format": model_info.get("format"), "backend": model_info.get("backend"),
-               "model_sha256": manifest.get("files", {}).get(model_info["file"], {}).get("sha256")}
+        model_file, eval_file = manifest["model"]["file"], manifest["eval"]["file"]
+        if manifest["model"].get("runtime") not in runtimes.RUNTIMES:
+            raise ValueError(f"model.runtime is {manifest['model'].get('runtime')!r}, "
+                             f"not one of {', '.join(runtimes.RUNTIMES)}")
+    except FileNotFoundError:
+        raise BundleError(f"no manifest.json in {bundle}: not a bundle (make one with `edgekit build`)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise BundleError(f"cannot read {bundle / 'manifest.json'}: {type(e).__name__}: {e}") from None
+    for name in (model_file, eval_file):
+        if not (bundle / name).resolve().is_relative_to(bundle.resolve()):
+            raise BundleError(f"manifest.json names {name!r}, which is outside the bundle; rebuild the bundle")
+        expected = manifest.get("files", {}).get(name, {}).get("sha256")
+        if not expected:
+            raise BundleError(f"manifest.json has no sha256 for {name}; rebuild the bundle")
+        try:
+            actual = _sha256(bundle / name)
+        except OSError as e:
+            raise BundleError(f"bundle file {name} is missing or unreadable: {e.strerror or e}; push the bundle "
+                              "again") from None
+        if actual != expected:
+            raise BundleError(f"bundle file {name} does not match the sha256 in manifest.json (modified, or cut "
+                              "short in transfer); push the bundle again or rebuild it")
     try:
-        model = runtimes.load(bundle / model_info["file"], model_info["runtime"], threads,
-                              model_info.get("runtime_target"))
-        outputs = evaluate.run_dataset(model, inputs)
-        latency = evaluate.time_model(model, inputs[: evaluate.batch_size(model)], runs, warmup)
-    except ImportError as e:
-        return RunReport(INFRA_ERROR, summary, error=f"runtime {model_info['runtime']!r} is not installed: {e}")
-    except Exception as e:  # the runtime refused the model: record it, the host interprets
-        return RunReport(MODEL_ERROR, summary, error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
-    pred = evaluate.top1(outputs[0])
-    metrics = {"n_samples": int(len(inputs)), "accuracy": float((pred == labels).mean())}
-    if "reference" in data.files:
-        ref = data["reference"]
-        metrics["top1_agreement"] = float((pred == evaluate.top1(ref)).mean())
-        metrics["max_abs_error"] = float(np.abs(outputs[0].reshape(ref.shape) - ref).max())
-    return RunReport(OK, summary, runtime=model.info, metrics=metrics, latency_ms=latency)
+        with np.load(bundle / eval_file, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise BundleError(f"cannot read the eval set {bundle / eval_file}: {type(e).__name__}: {e}") from None
+    missing = {"inputs", "labels"} - data.keys()
+    if missing:
+        raise BundleError(f"the eval set {bundle / eval_file} has no {' or '.join(sorted(missing))} array; "
+                          "rebuild the bundle")
+    return manifest, data
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 if __name__ == "__main__":

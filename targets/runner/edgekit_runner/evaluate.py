@@ -1,11 +1,12 @@
-"""Run a loaded model over a dataset and time it. Shared by the runner and the host validator."""
+"""Run a loaded model over a dataset, score it, time it. Shared by the runner and the host validator."""
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import numpy as np
 
+from edgekit_runner import measure
 from edgekit_runner.runtimes import LoadedModel
 
 
@@ -37,19 +38,47 @@ def batch_size(model: LoadedModel) -> int:
 
 
 def time_model(model: LoadedModel, sample: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:
-    """Median / p90 / min latency in ms of one batch, after ``warmup`` untimed runs."""
-    arrays = [np.ascontiguousarray(sample)]
-    for _ in range(warmup):
-        model.run(arrays)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model.run(arrays)
-        times.append((time.perf_counter() - t0) * 1e3)
-    t = np.asarray(times)
-    return {"median": float(np.median(t)), "p90": float(np.percentile(t, 90)), "min": float(t.min()),
-            "runs": runs, "warmup": warmup, "batch": int(sample.shape[0])}
+    """Latency stats in ms (:func:`measure.latency_stats`) of exactly ``runs`` runs after ``warmup`` warm-up runs.
+
+    The host validator's quick timing; the runner itself uses :func:`measure.measure` with duration minimums.
+    """
+    settings = measure.Settings(warmup_runs=warmup, warmup_seconds=0.0, min_runs=runs, min_seconds=0.0)
+    _, stats = measure.measure(model.bound([np.ascontiguousarray(sample)]), settings)
+    return {**stats, "warmup": warmup, "batch": int(sample.shape[0])}
 
 
 def top1(outputs: np.ndarray) -> np.ndarray:
     return np.asarray(outputs).reshape(len(outputs), -1).argmax(axis=1)
+
+
+def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """How close ``outputs`` are to the host's ``reference`` outputs, sample by sample (first axis).
+
+    Non-finite outputs make the error figures NaN (written as null) and are counted.
+    """
+    got = np.asarray(outputs, np.float64).reshape(len(reference), -1)
+    ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    diff = np.abs(got - ref)
+    ng, nr = np.linalg.norm(got, axis=1), np.linalg.norm(ref, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # a zero vector against a zero vector agrees (1); against anything else it does not (0)
+        cosine = np.where(ng * nr > 0, (got * ref).sum(axis=1) / (ng * nr), (ng == nr).astype(np.float64))
+    cosine[~np.isfinite(ng)] = np.nan
+    return {"top1_agreement": float((top1(got) == top1(ref)).mean()), "max_abs_error": float(diff.max()),
+            "mean_abs_error": float(diff.mean()), "cosine_mean": float(cosine.mean()),
+            "cosine_min": float(cosine.min()), "nonfinite_outputs": int((~np.isfinite(got)).sum())}
+
+
+def score(outputs: np.ndarray, labels: np.ndarray, reference: np.ndarray | None, task: str | None) -> dict[str, Any]:
+    """The task metric against ``labels`` and, where the bundle has them, agreement with the reference outputs."""
+    metrics: dict[str, Any] = {"n_samples": len(outputs), "task": task}
+    if task in (None, "classification"):  # schema-1 manifests have no task: they are all classifiers
+        metrics.update(task="classification", metric="accuracy",
+                       accuracy=float((top1(outputs) == np.asarray(labels).reshape(-1)).mean()))
+        if reference is not None:
+            metrics["reference_accuracy"] = float((top1(reference) == np.asarray(labels).reshape(-1)).mean())
+    else:
+        metrics.update(metric=None, metric_unavailable=f"this runner has no metric for task {task!r}")
+    if reference is not None:
+        metrics.update(agreement(outputs, reference))
+    return metrics

@@ -1,18 +1,35 @@
 """One small adapter per runtime, all with the same face: ``run(list[ndarray]) -> list[ndarray]``.
 
-Each runtime is imported only when a bundle needs it. Full-integer TFLite
-models have int8/uint8 input and output tensors: the adapter quantizes inputs
-and dequantizes outputs with each tensor's own (scale, zero_point), so callers
-always see float arrays.
+Each runtime is imported only when a bundle needs it (:func:`import_runtime`). Every adapter
+also offers ``bind(arrays)``: the inputs are converted and handed to the runtime once, and the
+returned zero-argument call is the runtime's own inference call (``session.run``,
+``interpreter.invoke``, ``method.execute``) -- what the runner times, as TFLite's
+``benchmark_model`` and ``onnxruntime_perf_test`` do.
+
+Full-integer TFLite models have int8/uint8 input and output tensors: the adapter quantizes
+inputs and dequantizes outputs with each tensor's own (scale, zero_point), so callers always
+see float arrays.
+
+What actually ran is in ``LoadedModel.info``: runtime and version, the delegate or execution
+provider used, the threads, and ``fallback`` (None, or why the bundle's target did not run).
 """
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+RUNTIMES = ("executorch", "onnxruntime", "litert")
+ORT_CPU = "CPUExecutionProvider"
+# What to try, in order, for an ONNX Runtime target; the CPU EP always ends the chain.
+ORT_CHAINS = {"TensorrtExecutionProvider": ("TensorrtExecutionProvider", "CUDAExecutionProvider")}
+LITERT_GPU_LIBS = ("libtensorflowlite_gpu_delegate.so", "libLiteRtGpuAccelerator.so")
 
 
 @dataclass
@@ -24,22 +41,39 @@ class TensorInfo:
 
 @dataclass
 class LoadedModel:
-    run: Any  # Callable[[list[np.ndarray]], list[np.ndarray]]
+    run: Callable[[list[np.ndarray]], list[np.ndarray]]
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     info: dict[str, Any] = field(default_factory=dict)
+    bind: Callable[[list[np.ndarray]], Callable[[], Any]] | None = None
+
+    def bound(self, arrays: list[np.ndarray]) -> Callable[[], Any]:
+        """A zero-argument call that runs one inference on ``arrays`` (converted once, here)."""
+        return self.bind(arrays) if self.bind else functools.partial(self.run, arrays)
 
 
 def load(path: str | Path, runtime: str, threads: int | None = None, target: str | None = None) -> LoadedModel:
-    """Load ``path`` in ``runtime`` ('executorch' | 'onnxruntime' | 'litert').
+    """Load ``path`` in ``runtime`` ('executorch' | 'onnxruntime' | 'litert') with ``threads`` intra-op threads.
 
-    ``target`` is the execution provider / delegate the bundle was built for;
-    where it is not available the CPU is used and ``info['fallback']`` says so.
+    ``target`` is the execution provider / delegate the bundle was built for; where it cannot
+    run here the next one in its chain is used and ``info['fallback']`` says what and why.
+
+    >>> model = load("build/jetson-orin-nano/model.onnx", "onnxruntime", 1, "TensorrtExecutionProvider")
+    >>> model.info["providers"], model.info["fallback"]  # doctest: +SKIP
+    (['CPUExecutionProvider'], 'ran on CPUExecutionProvider instead of TensorrtExecutionProvider: ...')
     """
     loaders = {"executorch": _executorch, "onnxruntime": _onnxruntime, "litert": _litert}
     if runtime not in loaders:
-        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(loaders)}")
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
     return loaders[runtime](Path(path), threads, target)
+
+
+def import_runtime(runtime: str) -> None:
+    """Import ``runtime``'s modules (so that load time can be told apart from import time).
+
+    Raises ImportError naming what to install when the runtime is missing.
+    """
+    {"executorch": _import_executorch, "onnxruntime": _import_ort, "litert": _import_litert}[runtime]()
 
 
 def _version(dist: str) -> str:
@@ -51,23 +85,59 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def _executorch(path: Path, threads: int | None, target: str | None) -> LoadedModel:
+# ---------------------------------------------------------------- ExecuTorch
+
+def _import_executorch() -> tuple[Any, Any, Any]:
     import torch  # ExecuTorch's Python runtime exchanges torch tensors
+    from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(str(path)).load_method("forward")
+    return torch, Runtime, portable_lib
+
+
+def _executorch(path: Path, threads: int | None, target: str | None) -> LoadedModel:
+    torch, runtime_cls, portable_lib = _import_executorch()
+    rt = runtime_cls.get()
+    if target and not rt.backend_registry.is_available(target):
+        raise RuntimeError(f"the model is delegated to {target}, which this ExecuTorch runtime does not have "
+                           f"(registered: {', '.join(rt.backend_registry.registered_backend_names)}); "
+                           f"run a bundle built for one of those, or install an ExecuTorch build with {target}")
+    if threads:  # XNNPACK and the portable kernels share ExecuTorch's one threadpool
+        portable_lib._unsafe_reset_threadpool(threads)
+    try:
+        method = rt.load_program(str(path)).load_method("forward")
+    except RuntimeError as e:  # "Failed to load program, error: 0x:23": name the code; the C++ log has details
+        code = re.search(r"0x:?([0-9a-fA-F]+)", str(e))
+        name = _ET_ERRORS.get(int(code.group(1), 16)) if code else None
+        if name is None:
+            raise
+        raise RuntimeError(f"{e} ({name}; ExecuTorch's log on stderr says more)") from e
     meta = method.metadata
     inputs = [_et_info(f"input_{i}", meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
     outputs = [_et_info(f"output_{i}", meta.output_tensor_meta(i)) for i in range(meta.num_outputs())]
 
-    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def tensors(arrays: list[np.ndarray]) -> list[Any]:
         # standard strides: ExecuTorch derives the dim order from them (size-1 axes included)
-        outs = method.execute([torch.from_numpy(a).clone(memory_format=torch.contiguous_format) for a in arrays])
-        return [o.detach().numpy().copy() for o in outs]
+        return [torch.from_numpy(a).clone(memory_format=torch.contiguous_format) for a in arrays]
 
-    return LoadedModel(run, inputs, outputs, {"runtime": "executorch", "version": _version("executorch"),
-                                              "target": target, "threads": threads})
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        return [o.detach().numpy().copy() for o in method.execute(tensors(arrays))]
 
+    def bind(arrays: list[np.ndarray]) -> Callable[[], Any]:
+        return functools.partial(method.execute, tensors(arrays))
+
+    info = {"runtime": "executorch", "version": _version("executorch"), "target": target,
+            "delegate": target or "portable kernels", "threads": threads,
+            "threads_effective": portable_lib._threadpool_get_thread_count(), "fallback": None}
+    return LoadedModel(run, inputs, outputs, info, bind)
+
+
+# ExecuTorch's runtime::Error codes (runtime/core/error.h)
+_ET_ERRORS = {0x01: "Internal", 0x02: "InvalidState", 0x10: "NotSupported", 0x11: "NotImplemented",
+              0x12: "InvalidArgument", 0x13: "InvalidType", 0x14: "OperatorMissing", 0x20: "NotFound",
+              0x21: "MemoryAllocationFailed", 0x22: "AccessFailed", 0x23: "InvalidProgram",
+              0x24: "InvalidExternalData", 0x25: "OutOfResources", 0x30: "DelegateInvalidCompatibility",
+              0x31: "DelegateMemoryAllocationFailed", 0x32: "DelegateInvalidHandle"}
 
 # ExecuTorch ScalarType codes (c10 numbering) and names -> numpy dtype names
 _ET_DTYPES = {"0": "uint8", "1": "int8", "3": "int32", "4": "int64", "5": "float16", "6": "float32",
@@ -80,15 +150,35 @@ def _et_info(name: str, meta: Any) -> TensorInfo:
     return TensorInfo(name, list(meta.sizes()), _ET_DTYPES.get(dtype, dtype))
 
 
-def _onnxruntime(path: Path, threads: int | None, target: str | None) -> LoadedModel:
-    import onnxruntime as ort
+# ---------------------------------------------------------------- ONNX Runtime
 
+def _import_ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
+def ort_provider_chain(target: str | None) -> list[str]:
+    """The execution providers to try for ``target``, best first, always ending with the CPU EP.
+
+    >>> ort_provider_chain("TensorrtExecutionProvider")
+    ['TensorrtExecutionProvider', 'CUDAExecutionProvider', 'CPUExecutionProvider']
+    """
+    chain = [p for p in ORT_CHAINS.get(target, (target,)) if p and p != ORT_CPU] if target else []
+    return [*chain, ORT_CPU]
+
+
+def _onnxruntime(path: Path, threads: int | None, target: str | None) -> LoadedModel:
+    ort = _import_ort()
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
-    available = ort.get_available_providers()
-    providers = [target, "CPUExecutionProvider"] if target and target in available else ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")  # which EP ran which node
+    chain = ort_provider_chain(target)
+    sess, reasons = _ort_session(ort, path, opts, chain)
+    nodes = _ort_nodes_per_provider(sess)
+    registered = sess.get_providers()
+    provider = next((p for p in registered if nodes.get(p)), registered[0]) if nodes else registered[0]
     inputs = [TensorInfo(i.name, list(i.shape), _ort_dtype(i.type)) for i in sess.get_inputs()]
     outputs = [TensorInfo(o.name, list(o.shape), _ort_dtype(o.type)) for o in sess.get_outputs()]
     names = [i.name for i in inputs]
@@ -96,12 +186,54 @@ def _onnxruntime(path: Path, threads: int | None, target: str | None) -> LoadedM
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
         return list(sess.run(None, dict(zip(names, arrays))))
 
-    used = sess.get_providers()
-    info = {"runtime": "onnxruntime", "version": ort.__version__, "target": target, "providers": used,
-            "threads": threads}
-    if target and target not in used:
-        info["fallback"] = f"{target} is not available here; ran on {used[0]}"
-    return LoadedModel(run, inputs, outputs, info)
+    def bind(arrays: list[np.ndarray]) -> Callable[[], Any]:
+        return functools.partial(sess.run, None, dict(zip(names, arrays)))
+
+    if provider != chain[0] and not reasons:
+        reasons.append(f"{chain[0]} was registered but took none of the model's nodes")
+    fallback = f"ran on {provider} instead of {chain[0]}: {'; '.join(reasons)}" if provider != chain[0] else None
+    if fallback is None and nodes and chain[0] != ORT_CPU and len(nodes) > 1:
+        others = {p: n for p, n in nodes.items() if p != chain[0]}
+        fallback = (f"{chain[0]} ran {nodes[chain[0]]} of {sum(nodes.values())} nodes; the rest ran on "
+                    + ", ".join(f"{p} ({n})" for p, n in others.items()))
+    info = {"runtime": "onnxruntime", "version": ort.__version__, "target": target, "provider": provider,
+            "providers": registered, "nodes_per_provider": nodes or None, "threads": threads,
+            "threads_effective": opts.intra_op_num_threads or "onnxruntime default (physical cores)",
+            "fallback": fallback}
+    return LoadedModel(run, inputs, outputs, info, bind)
+
+
+def _ort_session(ort: Any, path: Path, opts: Any, chain: list[str]) -> tuple[Any, list[str]]:
+    """A session with the first provider of ``chain`` that loads the model; and why the ones before did not."""
+    available = ort.get_available_providers()
+    reasons: list[str] = []
+    for i, provider in enumerate(chain):
+        if provider not in available:
+            reasons.append(f"{provider} is not available in this onnxruntime build")
+            continue
+        try:  # enable_fallback=0: ORT must not swap providers behind our back, at load or at run time
+            sess = ort.InferenceSession(str(path), sess_options=opts, enable_fallback=0,
+                                        providers=[p for p in chain[i:] if p in available])
+            if set(chain[:i]) - set(available):
+                reasons.append(f"the build has {', '.join(available)}")
+            return sess, reasons
+        except Exception as e:  # an EP that fails to start is a fallback; the CPU EP failing is not
+            if provider == ORT_CPU:
+                raise
+            reasons.append(f"{provider} failed to start: {str(e).splitlines()[0][:300]}")
+    raise RuntimeError(f"no execution provider could load the model: {'; '.join(reasons)}")
+
+
+def _ort_nodes_per_provider(sess: Any) -> dict[str, int]:
+    """{provider: nodes it runs} (ONNX Runtime >= 1.23 records this); {} where this onnxruntime cannot say."""
+    try:
+        subgraphs = sess.get_provider_graph_assignment_info()
+    except (AttributeError, RuntimeError):
+        return {}
+    counts: dict[str, int] = {}
+    for subgraph in subgraphs:
+        counts[subgraph.ep_name] = counts.get(subgraph.ep_name, 0) + len(subgraph.get_nodes())
+    return counts
 
 
 def _ort_dtype(t: str) -> str:
@@ -109,33 +241,68 @@ def _ort_dtype(t: str) -> str:
             "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32"}.get(t, t)
 
 
-def _litert(path: Path, threads: int | None, target: str | None) -> LoadedModel:
-    try:  # the board's small runtime first, then the current LiteRT wheel
-        from tflite_runtime.interpreter import Interpreter
+# ---------------------------------------------------------------- LiteRT / TFLite
 
-        name, version = "tflite-runtime", _version("tflite-runtime")
+def _import_litert() -> tuple[Any, Any, str, str]:
+    """(Interpreter, load_delegate, distribution, version): ai-edge-litert, else tflite-runtime, else tensorflow."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+
+        return Interpreter, load_delegate, "ai-edge-litert", _version("ai-edge-litert")
     except ImportError:
-        from ai_edge_litert.interpreter import Interpreter
+        pass
+    try:  # the small runtime boards use (2.14 needs numpy<2)
+        from tflite_runtime.interpreter import Interpreter, load_delegate
 
-        name, version = "ai-edge-litert", _version("ai-edge-litert")
-    interp = Interpreter(model_path=str(path), num_threads=threads)
+        return Interpreter, load_delegate, "tflite-runtime", _version("tflite-runtime")
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise ImportError("no LiteRT runtime: install ai-edge-litert (or tflite-runtime, or tensorflow)") from None
+    return tf.lite.Interpreter, tf.lite.experimental.load_delegate, "tensorflow", tf.__version__
+
+
+def _litert(path: Path, threads: int | None, target: str | None) -> LoadedModel:
+    interpreter_cls, load_delegate, name, version = _import_litert()
+    delegates, delegate, fallback = [], "XNNPACK (the interpreter's default CPU delegate)", None
+    if target and target != "XNNPACK delegate":
+        errors = []
+        for lib in LITERT_GPU_LIBS if target == "GPU delegate" else ():
+            try:
+                delegates = [load_delegate(lib)]
+                delegate = f"{target} ({lib})"
+                break
+            except (ValueError, OSError, RuntimeError) as e:
+                errors.append(f"{lib}: {str(e).splitlines()[0][:200]}")
+        if not delegates:
+            fallback = (f"ran on CPU (XNNPACK) instead of {target}: "
+                        f"{'; '.join(errors) or 'this runtime has no such delegate'}")
+    interp = interpreter_cls(model_path=str(path), num_threads=threads, experimental_delegates=delegates or None)
     interp.allocate_tensors()
     ins, outs = interp.get_input_details(), interp.get_output_details()
 
-    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def feed(arrays: list[np.ndarray]) -> None:
         for d, a in zip(ins, arrays):
             interp.set_tensor(d["index"], _quantize(a, d))
+
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        feed(arrays)
         interp.invoke()
         return [_dequantize(interp.get_tensor(d["index"]), d) for d in outs]
+
+    def bind(arrays: list[np.ndarray]) -> Callable[[], Any]:
+        feed(arrays)  # set once, as benchmark_model does; invoke() leaves input tensors as they are
+        return interp.invoke
 
     def info(d: dict) -> TensorInfo:
         return TensorInfo(d["name"], [int(s) for s in d["shape"]], np.dtype(d["dtype"]).name)
 
-    meta = {"runtime": name, "version": version, "target": target, "threads": threads,
+    meta = {"runtime": name, "version": version, "target": target, "delegate": delegate, "threads": threads,
+            "threads_effective": threads or "interpreter default", "fallback": fallback,
             "io_quantized": any(np.dtype(d["dtype"]).kind in "iu" and d["quantization"][0] for d in ins + outs)}
-    if target and target != "XNNPACK delegate":
-        meta["fallback"] = f"{target} is not available in this runtime; ran on CPU (XNNPACK)"
-    return LoadedModel(run, [info(d) for d in ins], [info(d) for d in outs], meta)
+    return LoadedModel(run, [info(d) for d in ins], [info(d) for d in outs], meta, bind)
 
 
 def _quantize(a: np.ndarray, detail: dict) -> np.ndarray:
