@@ -24,7 +24,7 @@ class TFLiteExporter(Exporter):
     backends = {
         "xnnpack": BackendSpec("xnnpack", "LiteRT CPU with the XNNPACK delegate", ("fp32", "int8", "int8-weight"),
                                True, runtime_target="XNNPACK delegate",
-                               quant_schemes=("int8", "int8-qat", "int8-dynamic", "int8-weight-only")),
+                               quant_schemes=("int8", "int8-qat", "int8-dynamic", "int8-weight-only", "mixed")),
         "gpu": BackendSpec("gpu", "LiteRT GPU delegate (OpenCL / OpenGL ES)", ("fp32",), False,
                            host_twin="the same .tflite file on LiteRT's CPU (XNNPACK)",
                            runtime_target="GPU delegate"),
@@ -43,6 +43,15 @@ class TFLiteExporter(Exporter):
             return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
                                 details={"quantization": {**quant.to_dict(), **tool, "calibration_batches": 0,
                                                           "io": "float"}})
+        if quant is not None and quant.name == "mixed":  # ai-edge-quantizer: regex scopes keep layers float
+            from edgekit.quantize import backends as qb
+
+            fp32 = self.export(model, example_inputs, backend, subdir(out_dir, "fp32")).model_path
+            batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
+            tool = qb.aeq_static(fp32, path, batches, quant.float_layers)
+            return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
+                                details={"quantization": {**quant.to_dict(), **tool, "io": "int8",
+                                                          "calibration_batches": len(batches)}})
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.WARNING)  # litert-torch logs every lowered op at INFO on the root logger

@@ -125,6 +125,46 @@ def aeq_weight_only(fp32_path: Path, out_path: Path) -> dict[str, Any]:
     return {"tool": "ai-edge-quantizer weight_only_wi8_afp32", "weights": "int8", "activations": "float"}
 
 
+def tflite_layer_regex(module_path: str) -> str:
+    """A regex for the TFLite tensors litert-torch names after the PyTorch module ``module_path``:
+    'features.0' -> '.../<class>_features/<class>_0' (every scope is '<class>_<attribute name>')."""
+    import re
+
+    *parents, leaf = module_path.split(".")
+    scopes = "".join(f"[^/;]*_{re.escape(p)}/" for p in parents)
+    return f".*{scopes}[^/;]*_{re.escape(leaf)}(;.*)?$"
+
+
+def aeq_static(fp32_path: Path, out_path: Path, batches: list[np.ndarray], float_layers: tuple[str, ...]
+               ) -> dict[str, Any]:
+    """Full-integer int8 .tflite with ai-edge-quantizer's static recipe (int8 symmetric per-channel
+    weights, int8 affine activations, calibrated on ``batches``), the ops of ``float_layers`` left
+    float through regex scopes with its ``no_quantize`` algorithm."""
+    import re
+
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+
+    interpreter = Interpreter(str(fp32_path))
+    names = [t["name"] for t in interpreter.get_tensor_details()]
+    rules = recipe.static_wi8_ai8()
+    for layer in float_layers:
+        regex = tflite_layer_regex(layer)
+        if not any(re.match(regex, n) for n in names):
+            raise QuantizationError(f"no TFLite tensor comes from layer {layer}; cannot keep it float")
+        rules.append({"regex": regex, "operation": "*", "algorithm_key": "no_quantize"})
+    signature, spec = next(iter(interpreter.get_signature_list().items()))
+    try:
+        q = quantizer.Quantizer(str(fp32_path), rules)
+        q.quantize(q.calibrate({signature: [{spec["inputs"][0]: b} for b in batches]})).export_model(str(out_path))
+    except Exception as e:
+        from edgekit.export.trace import summarize
+
+        raise ExportError(f"ai-edge-quantizer failed: {summarize(e)}") from e
+    return {"tool": "ai-edge-quantizer static_wi8_ai8 + no_quantize regex scopes", "weights": "int8",
+            "activations": "int8", "float_regex": [tflite_layer_regex(n) for n in float_layers]}
+
+
 def xnnpack_quantizer(scheme: Scheme) -> Any:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,

@@ -11,11 +11,11 @@
    whenever the budget still holds: the result is the float set with the smallest size cost
    that greedy search finds.
 3. **Application** is each backend's own mechanism: a module-name node filter in PT2E's
-   XNNPACKQuantizer (ExecuTorch), ``nodes_to_exclude`` in ONNX Runtime's quantize_static (ONNX
-   nodes are matched to layers by the exporter's name scopes). TFLite is not offered: litert-torch
-   0.10's full-integer converter quantizes every op whatever the PT2E annotations say (measured:
-   excluded layers came out int8), and ai-edge-quantizer's regex scopes name TFLite ops, which
-   carry no PyTorch module path.
+   XNNPACKQuantizer (ExecuTorch); ``nodes_to_exclude`` in ONNX Runtime's quantizers (ONNX nodes are
+   matched to layers by the exporter's name scopes); ``no_quantize`` regex scopes in
+   ai-edge-quantizer's static int8 recipe (TFLite tensors carry the module path in their names).
+   litert-torch's own PT2E path cannot do it: its full-integer converter quantizes every op
+   whatever the annotations say (measured).
 
 The analysis is a simulation in PyTorch with PT2E's reference int8 ops, using XNNPACK's
 scheme (int8 symmetric per-channel weights, int8 affine per-tensor activations) for every

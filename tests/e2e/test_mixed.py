@@ -53,7 +53,7 @@ def test_plain_int8_fails_the_budget(root, tmp_path):
     assert "points below PyTorch fp32" in result.output and not (tmp_path / "b").exists()
 
 
-@pytest.mark.parametrize("fmt,backend", [("executorch", "xnnpack"), ("onnx", "cpu")])
+@pytest.mark.parametrize("fmt,backend", [("executorch", "xnnpack"), ("onnx", "cpu"), ("tflite", "xnnpack")])
 def test_mixed_build_passes_in_the_runtime(root, tmp_path, fmt, backend):
     out = tmp_path / "bundle"
     result = edgekit("build", "--device", "pixel8", "--project", str(root / OUTLIER), "--format", fmt,
@@ -78,6 +78,15 @@ def test_mixed_build_passes_in_the_runtime(root, tmp_path, fmt, backend):
         gemm_weights = [n for n in graph.node if n.op_type == "DequantizeLinear"
                         and n.input[0] in inits and inits[n.input[0]].data_type == onnx.TensorProto.INT8]
         assert len(gemm_weights) >= 2  # the two Linear layers' weights are int8
+    if fmt == "tflite":  # ai-edge-quantizer's no_quantize scopes: the convolutions float, the rest int8
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(str(out / "model.tflite"))
+        ops = {op["op_name"]: [interpreter._get_tensor_details(i, 0)["dtype"].__name__ for i in op["inputs"]]
+               for op in interpreter._get_ops_details()}
+        assert ops["CONV_2D"][:2] == ["float32", "float32"]
+        assert ops["FULLY_CONNECTED"][:2] == ["int8", "int8"]
+        assert q["tool"].startswith("ai-edge-quantizer static_wi8_ai8")
 
 
 def test_keep_float_is_checked(root, tmp_path):

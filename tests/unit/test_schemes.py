@@ -95,8 +95,10 @@ def test_mixed_is_planned_where_a_backend_can_keep_layers_float():
     assert plan.stages == ("load", "export", "validate", "analyze", "quantize", "validate", "bundle")
     assert plan.quant_scheme["float_layers"] == ("features.0",) and plan.max_accuracy_drop == 0.5
     assert make_plan(load_profile("galaxy-s24"), quant="mixed").backend == "qnn"
-    with pytest.raises(PlanError, match="--quant mixed is not available for tflite/xnnpack on raspberry-pi-5"):
-        make_plan(load_profile("raspberry-pi-5"), quant="mixed")
+    assert make_plan(load_profile("raspberry-pi-5"), quant="mixed").format == "tflite"
+    with pytest.raises(PlanError, match="--quant mixed is not available for executorch/vulkan on pixel8; "
+                                        "it works with: executorch/xnnpack, tflite/xnnpack, onnx/cpu"):
+        make_plan(load_profile("pixel8"), backend="vulkan", quant="mixed")
     with pytest.raises(PlanError, match="--keep-float applies to --quant mixed, not --quant int8"):
         make_plan(load_profile("pixel8"), quant="int8", keep_float=("features.0",))
     with pytest.raises(PlanError, match="--max-accuracy-drop must be >= 0"):
