@@ -4,7 +4,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 DEVICE ?= pixel8
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench kd-table clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: install
 	$(VENV)/bin/python benchmarks/quantization.py
 	$(VENV)/bin/python benchmarks/runner_overhead.py
 	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano --quant none int8
+
+kd-table: install  # Hinton KD / FitNet / int8 on digits, 3 seeds: benchmarks/results/kd_table.{md,json} (~15 min)
+	$(VENV)/bin/python -m benchmarks.kd_table
 
 clean:
 	rm -rf build .pytest_cache

@@ -163,6 +163,9 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
                    "(repeatable).")
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
               help="Accuracy budget for quantized builds, in points below fp32  [default: the profile's]")
+@click.option("--distill/--no-distill", default=True, show_default=True,
+              help="When the project declares a [teacher]: train a fresh student from it with the [distill] "
+                   "settings and ship that student (with --quant int8-qat, QAT also learns from the teacher).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Bundle folder  [default: build/<device>]")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (atomically).")
@@ -171,7 +174,8 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
           quant: str, calib_samples: int, qat_epochs: int, group_size: int, keep_float: tuple[str, ...],
-          max_accuracy_drop: float | None, out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+          max_accuracy_drop: float | None, distill: bool, out: Path | None, force: bool, dry_run: bool,
+          as_json: bool) -> None:
     """Export, validate and bundle the project's model for DEVICE."""
     from edgekit.bundle import check_destination
     from edgekit.plan import make_plan
@@ -180,7 +184,8 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
     profile = _registry(ctx).load(device)
     spec = load_project(project)
     plan = make_plan(profile, fmt, backend, quant=quant, calib_samples=calib_samples, qat_epochs=qat_epochs,
-                     group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop)
+                     group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop,
+                     distill=distill and spec.teacher is not None)
     out = out or Path("build") / profile.id
     if dry_run:
         _print_plan(_console(), plan, spec, out)
@@ -208,7 +213,7 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
             status.update(f"{name}: {detail}")
 
         try:
-            result = run_build(profile, spec, plan, out, force=force, on_stage=on_stage)
+            result = run_build(profile, spec, plan, out, force=force, on_stage=on_stage, distill=distill)
         except EdgekitError:
             status.stop()
             con.print(f"  [red]✗[/] {last[0]}" + (f" (library messages: {log})" if log else ""))
@@ -236,6 +241,11 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
              else f"on a host twin: {result.plan.host_twin}")
     con.print(f"[bold]build summary[/] — {m['file']} {m['format']}/{m['backend']} {m['precision']}, "
               f"validated {where} ({v.runtime.get('runtime')} {v.runtime.get('version')}, {v.n_samples} samples)")
+    if d := result.manifest.get("distill"):
+        con.print(f"  distilled: {d['method']} T={d['temperature']:g} α={d['alpha']:g}, best epoch "
+                  f"{d['best_epoch']} of {d['epochs_run']}; teacher {d['teacher_accuracy']:.2%}, student "
+                  f"{d['original_student_accuracy']:.2%} (model entry) -> {d['student_accuracy']:.2%} (distilled) "
+                  "on the eval split")
     columns = [("fp32", result.baseline, result.manifest["baseline"]["bytes"])] if result.baseline else []
     columns.append((m["precision"], v, m["bytes"]))
     table = Table("", *[c[0] for c in columns], "PyTorch fp32")
@@ -403,6 +413,8 @@ from edgekit.results.cli import results, serve  # noqa: E402 (light: click only)
 
 from edgekit.transport.cli import make_bench_command  # noqa: E402 (light: click + stdlib)
 
+from edgekit.distill.cli import distill_command  # noqa: E402 (light: click only)
+
 
 def _store_report(report: dict, manifest: dict) -> None:
     from edgekit.results.store import ResultsStore
@@ -413,6 +425,7 @@ def _store_report(report: dict, manifest: dict) -> None:
 cli.add_command(serve)
 cli.add_command(results)
 cli.add_command(make_bench_command(store=_store_report))
+cli.add_command(distill_command)
 
 
 def main() -> None:

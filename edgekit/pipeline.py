@@ -1,7 +1,10 @@
-"""The build: load -> export -> validate [-> quantize -> validate] -> bundle.
+"""The build: load [-> distill] -> export -> validate [-> quantize -> validate] -> bundle.
 
-The fp32 export is always built and validated against PyTorch (it is the baseline a
-quantized artifact is compared with). Distillation slots in as a stage after load.
+When the project declares a teacher (and ``distill`` is not turned off), the distill stage trains
+a fresh student from it with the project's ``[distill]`` settings, and that student is what gets
+exported, quantized and validated; with ``--quant int8-qat`` the QAT fine-tuning then uses the KD
+loss against the float teacher (quantization-aware distillation). The fp32 export is always built
+and validated against PyTorch (it is the baseline a quantized artifact is compared with).
 
 >>> # from edgekit.pipeline import build
 >>> # result = build(load_profile("pixel8"), load_project("."), plan, Path("build/pixel8"))
@@ -14,10 +17,11 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +33,7 @@ from edgekit.plan import Plan
 from edgekit.profiles import DeviceProfile
 from edgekit.project import ProjectSpec, load_data, load_model
 from edgekit.quantize.schemes import Int8QAT, Mixed, scheme_from_dict
+from edgekit.train import LossFn, cross_entropy, pt2e_qat_trainer
 from edgekit.validate import ValidationResult, validate
 
 VERSIONED = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntime", "litert-torch",
@@ -60,8 +65,9 @@ def tool_versions() -> dict[str, str]:
 
 
 def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, force: bool = False,
-          on_stage: StageCallback = lambda stage, detail: None) -> BuildResult:
-    """Run the plan and write the bundle to ``out`` atomically. Raises EdgekitError subclasses."""
+          on_stage: StageCallback = lambda stage, detail: None, distill: bool = True) -> BuildResult:
+    """Run the plan and write the bundle to ``out`` atomically. Raises EdgekitError subclasses.
+    ``distill=False`` skips the distill stage of a project with a teacher (``--no-distill``)."""
     import torch
 
     timings: dict[str, float] = {}
@@ -85,6 +91,16 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         torch.manual_seed(project.seed)
         splits = load_data(project)
         model = load_model(project)
+        teacher, distilled, warnings = None, None, []
+        if distill and project.teacher is not None:
+            from edgekit.distill.project import distill_for_build
+
+            stage("distill", f"teacher {project.teacher.entry}")
+            model, teacher, distilled = distill_for_build(project, splits, model, lambda msg: stage("distill", msg))
+            if distilled["student_accuracy"] < distilled["original_student_accuracy"]:
+                warnings.append(f"the distilled student ({distilled['student_accuracy']:.2%}) is less accurate than "
+                                f"the project's model entry ({distilled['original_student_accuracy']:.2%}) on the eval "
+                                "split; build with --no-distill to ship the model entry's network")
         if plan.quant_scheme and plan.quant_scheme.get("float_layers"):
             from edgekit.quantize.sensitivity import check_layer_names
 
@@ -110,7 +126,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         stage("validate", "fp32 against PyTorch " + ("in the target runtime" if plan.validation == "target-runtime"
                                                      else "on the host twin"))
         fp32_validation = check(fp32, exporter.atol["fp32"], None)
-        result, validation, warnings, sensitivity = fp32, fp32_validation, [], None
+        result, validation, sensitivity = fp32, fp32_validation, None
         if plan.quant_scheme:
             scheme = scheme_from_dict(plan.quant_scheme)
             calib, fine_tune = splits["calib"].x, None
@@ -123,9 +139,10 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
                                       progress=lambda msg: stage("analyze", msg))
                 scheme = dataclasses.replace(scheme, float_layers=tuple(sensitivity.float_layers))
             if isinstance(scheme, Int8QAT):
-                fine_tune = _qat_trainer(scheme, splits["train"], project.seed,
-                                         lambda e, n, loss: stage("qat", f"epoch {e}/{n}, loss {loss:.4f}"))
-                stage("qat", f"{scheme.epochs} epochs on {len(splits['train'].x)} train samples")
+                loss_name, loss_fn = _qat_loss(teacher, distilled)
+                fine_tune = pt2e_qat_trainer(scheme, splits["train"].x, splits["train"].y, project.seed, loss_fn,
+                                             lambda e, n, loss: stage("qat", f"epoch {e}/{n}, loss {loss:.4f}"))
+                stage("qat", f"{scheme.epochs} epochs on {len(splits['train'].x)} train samples, {loss_name} loss")
             else:
                 if len(calib) < scheme.calib_samples:
                     warnings.append(f"calibration split has {len(calib)} samples, fewer than the "
@@ -137,6 +154,10 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
                                      quant=scheme, calib=calib, fine_tune=fine_tune)
             if sensitivity is not None:
                 result.details["quantization"]["sensitivity"] = sensitivity.to_dict()
+            if isinstance(scheme, Int8QAT):
+                result.details["quantization"]["loss"] = loss_name
+                if loss_name == "hinton-kd":
+                    result.details["quantization"]["kd"] = {"teacher": project.teacher.entry, **distilled["loss"]}
             stage("validate-quantized", f"{plan.quant} against PyTorch fp32")
             validation = check(result, None, plan.max_accuracy_drop)
 
@@ -147,7 +168,8 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         np.savez(staging / "eval.npz", inputs=ev.x, labels=ev.y, reference=reference[0])
         _copy_runner(staging / "edgekit_runner")
         manifest = _manifest(profile, project, plan, staging / model_file, output_names, reference, ev,
-                             result, validation, None if result is fp32 else (fp32, fp32_validation), warnings)
+                             result, validation, None if result is fp32 else (fp32, fp32_validation), warnings,
+                             distilled)
         stage("done", "")
         manifest["timings_s"] = timings
         bundle = writer.commit(manifest)
@@ -157,9 +179,14 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
 
 def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_path: Path, output_names: list[str],
               reference: list[np.ndarray], ev: Any, result: Any, validation: ValidationResult,
-              baseline: tuple[Any, ValidationResult] | None, warnings: list[str]) -> dict[str, Any]:
-    """What the bundle says about itself (file hashes are added when it is committed)."""
+              baseline: tuple[Any, ValidationResult] | None, warnings: list[str],
+              distilled: dict[str, Any] | None) -> dict[str, Any]:
+    """What the bundle says about itself (file hashes are added when it is committed). The plan's
+    stages include ``distill`` when that stage ran."""
     inp = project.inputs[0]
+    stages = list(plan.stages)
+    if distilled is not None and "distill" not in stages:
+        stages.insert(stages.index("load") + 1, "distill")
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "edgekit-bundle",
@@ -168,7 +195,7 @@ def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_pa
                     "schema_version": profile.schema_version, "budgets": profile.budgets.model_dump()},
         "project": {"name": project.name, "task": project.task.kind, "metric": project.task.metric,
                     "model_entry": project.model.entry},
-        "plan": plan.model_dump(),
+        "plan": {**plan.model_dump(), "stages": stages},
         "model": {
             "file": model_path.name, "format": plan.format, "backend": plan.backend,
             "runtime": plan.runtime, "runtime_target": plan.runtime_target, "precision": plan.precision,
@@ -178,10 +205,11 @@ def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_pa
                         for n, r in zip(output_names, reference)],
             "export_details": result.details,
         },
-        "eval": {"file": "eval.npz", "n_samples": int(len(ev.x)),
+        "eval": {"file": "eval.npz", "n_samples": len(ev.x),
                  "arrays": {"inputs": list(ev.x.shape), "labels": list(ev.y.shape),
                             "reference": list(reference[0].shape)}},
         "runner": {"package": "edgekit_runner", "command": "python -m edgekit_runner ."},
+        "distill": distilled,
         "validation": validation.to_dict(),
         "baseline": None if baseline is None else {
             "precision": "fp32", "bytes": baseline[0].model_path.stat().st_size,
@@ -192,19 +220,14 @@ def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_pa
     }
 
 
-def _qat_trainer(scheme: Int8QAT, train: Any, seed: int, on_epoch: Callable[[int, int, float], None]):
-    """fine_tune(prepared_graph) for PT2E QAT: the shared loop, with exported-graph train/eval switches.
-    The loss hook is where distillation's KD loss plugs in."""
-    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+def _qat_loss(teacher: Any, distilled: dict[str, Any] | None) -> tuple[str, LossFn]:
+    """QAT's loss: the Hinton KD loss against the float teacher when the distill stage ran with it
+    (quantization-aware distillation), else cross-entropy on the labels."""
+    if distilled is None or distilled["loss"]["name"] != "hinton":
+        return "cross-entropy", cross_entropy
+    from edgekit.distill.losses import kd_loss_fn
 
-    from edgekit.train import cross_entropy, fine_tune
-
-    def run(prepared: Any) -> Any:
-        return fine_tune(prepared, train.x, train.y, epochs=scheme.epochs, lr=scheme.lr,
-                         batch_size=scheme.batch_size, seed=seed, loss_fn=cross_entropy, on_epoch=on_epoch,
-                         train_mode=move_exported_model_to_train, eval_mode=move_exported_model_to_eval)
-
-    return run
+    return "hinton-kd", kd_loss_fn(teacher, distilled["loss"])
 
 
 def _as_numpy_list(out: Any) -> list[np.ndarray]:

@@ -42,6 +42,7 @@ class Plan(BaseModel):
     # fp32: every output within atol of PyTorch. Quantized: accuracy within the profile's budget.
     atol: float | None
     max_accuracy_drop: float | None = None
+    distill: bool = False  # the project has a [teacher] and --no-distill was not given
     stages: tuple[str, ...]
 
     def describe(self) -> list[tuple[str, str]]:
@@ -59,6 +60,7 @@ class Plan(BaseModel):
             ("precision", self.precision),
             ("quantization", f"{quant}; profile recommends {self.profile_default_quant}"),
             ("validation", f"{where}, {check}"),
+            ("distillation", "teacher -> fresh student (KD; the distill table)" if self.distill else "none"),
             ("stages", " -> ".join(self.stages)),
         ]
 
@@ -84,7 +86,8 @@ def resolve_quant(profile: DeviceProfile, quant: str) -> str:
 
 def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
               quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32,
-              keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None) -> Plan:
+              keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
+              distill: bool = False) -> Plan:
     """Pick format/backend (profile default unless overridden) and check it can be built.
 
     ``keep_float`` (mixed only) names the layers to keep in float instead of searching for them;
@@ -149,8 +152,8 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         atol=EXPORTERS[fmt].atol.get(precision),
         max_accuracy_drop=(profile.budgets.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop)
         if scheme else None,
-        stages=("load", "export", "validate", *(("analyze",) if quant == "mixed" else ()),
-                "quantize" if quant != "int8-qat" else "qat", "validate", "bundle")
-        if scheme
-        else ("load", "export", "validate", "bundle"),
+        distill=distill,
+        stages=("load", *(("distill",) if distill else ()), "export", "validate",
+                *((*(("analyze",) if quant == "mixed" else ()), "quantize" if quant != "int8-qat" else "qat",
+                   "validate") if scheme else ()), "bundle"),
     )

@@ -13,6 +13,14 @@
     entry = "examples/digits/model.py:student"   # or "package.module:function"
     weights = "student.safetensors"               # optional: safetensors or a torch state_dict
 
+    [teacher]                                     # optional: distil it into a student in `edgekit build`
+    entry = "examples/digits/model.py:teacher"
+
+    [distill]                                     # optional; needs [teacher] (see edgekit.distill.project)
+    student = "examples/digits/model.py:StudentCNN"
+    temperature = 2.0
+    alpha = 0.9
+
     [data]
     entry = "examples/digits/data.py:load_splits"
 
@@ -33,13 +41,15 @@ import inspect
 import pickle
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgekit.distill.project import DistillSpec
 from edgekit.errors import ProjectError, UnsafeFileError
 from edgekit.profiles import describe_validation_error
 
@@ -79,11 +89,19 @@ class ProjectSpec(_Frozen):
     task: TaskSpec
     model: ModelSpec
     teacher: ModelSpec | None = None
+    distill: DistillSpec | None = None  # settings of the distill stage; defaults apply when absent
     data: DataSpec
     inputs: tuple[InputSpec, ...] = Field(min_length=1, max_length=1)
     outputs: tuple[str, ...] = ("output",)
     root: Path = Path(".")
     file: Path = Path(PROJECT_FILE)
+
+    @model_validator(mode="after")
+    def _distill_needs_a_teacher(self) -> ProjectSpec:
+        if self.distill is not None and self.teacher is None:
+            raise ValueError("[distill] needs a teacher to learn from: add [teacher] entry = \"file.py:function\" "
+                             "(returning the trained teacher), or remove [distill]")
+        return self
 
 
 def load_project(path: str | Path | None = None) -> ProjectSpec:

@@ -1,15 +1,17 @@
-"""One small training loop, shared by QAT fine-tuning and (later) distillation.
+"""One small training loop, shared by QAT fine-tuning and quantization-aware distillation.
 
 The loss is a hook: ``loss_fn(outputs, labels, inputs) -> scalar``. Cross-entropy is the
-default; a KD loss closes over a teacher and calls it on ``inputs``, so QAT composes with
-distillation without another loop.
+default; a KD loss (:func:`edgekit.distill.losses.kd_loss_fn`) closes over a teacher and calls it
+on ``inputs``, so QAT composes with distillation without another loop.
 
 >>> # model = fine_tune(model, x, y, epochs=2, loss_fn=cross_entropy)
+>>> # exporter.export(..., quant=Int8QAT(), fine_tune=pt2e_qat_trainer(Int8QAT(), x, y, seed=0))
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,3 +56,20 @@ def fine_tune(model: Any, x: np.ndarray, y: np.ndarray, epochs: int, lr: float =
             on_epoch(epoch + 1, epochs, float(np.mean(losses)))
     (eval_mode or (lambda m: m.eval()))(model)
     return model
+
+
+def pt2e_qat_trainer(scheme: Any, x: np.ndarray, y: np.ndarray, seed: int, loss_fn: LossFn = cross_entropy,
+                     on_epoch: ProgressFn | None = None) -> Callable[[Any], Any]:
+    """The ``fine_tune(prepared_graph)`` an exporter calls between PT2E ``prepare_qat_pt2e`` and
+    ``convert_pt2e``: :func:`fine_tune` with ``scheme``'s epochs, learning rate and batch size, and the
+    exported graph's train/eval switches. ``loss_fn=kd_loss_fn(teacher, ...)`` makes it quantization-aware
+    distillation against the float teacher."""
+
+    def run(prepared: Any) -> Any:
+        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+
+        return fine_tune(prepared, x, y, epochs=scheme.epochs, lr=scheme.lr, batch_size=scheme.batch_size, seed=seed,
+                         loss_fn=loss_fn, on_epoch=on_epoch, train_mode=move_exported_model_to_train,
+                         eval_mode=move_exported_model_to_eval)
+
+    return run

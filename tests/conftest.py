@@ -39,8 +39,10 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("bundles")
 
     def build(device: str, *extra: str) -> Path:
-        """Without --quant: the fp32 bundle (--quant none; the CLI's default is the profile's scheme)."""
+        """Without --quant: the fp32 bundle (--quant none; the CLI's default is the profile's scheme).
+        Without --distill: --no-distill (most tests are about export and quantization, not distillation)."""
         extra = extra if "--quant" in extra else (*extra, "--quant", "none")
+        extra = extra if {"--distill", "--no-distill"} & set(extra) else (*extra, "--no-distill")
         key = (device, *extra)
         if key not in cache:
             out = base / "-".join(key).replace("/", "_")

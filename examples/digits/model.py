@@ -1,7 +1,10 @@
-"""A teacher CNN and a smaller student CNN for the 8x8 digits, with seeded training.
+"""A teacher CNN and smaller student CNNs for the 8x8 digits, with seeded training.
 
 ``student()`` and ``teacher()`` are the project's model entry points: each
 builds its network and trains it on the train split (a few seconds on a CPU).
+The classes themselves are the *untrained* architectures distillation starts from
+(``[distill] student = "examples/digits/model.py:StudentCNN"``); ``TinyCNN`` is a
+690-parameter student for the distillation benchmark (benchmarks/kd_table.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,18 @@ class StudentCNN(nn.Module):
             nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class TinyCNN(nn.Module):
+    """690 parameters: one 3x3 convolution with 4 channels, one pooling, a linear classifier."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Linear(4 * 4 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))

@@ -143,7 +143,7 @@ def test_unexportable_model_fails_with_the_line(tmp_path, root):
     text = (root / "edgekit.toml").read_text().replace("examples/digits/model.py:student", "m.py:build")
     text = text.replace("examples/digits/data.py", str(root / "examples/digits/data.py"))
     (tmp_path / "edgekit.toml").write_text(text)
-    result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--project", str(tmp_path),
+    result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--project", str(tmp_path), "--no-distill",
                                       "--out", str(tmp_path / "out")])
     assert result.exit_code == 4
     err = result.output.strip().splitlines()[-1]

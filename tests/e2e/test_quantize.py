@@ -96,7 +96,8 @@ def test_nan_in_calibration_data_is_named(tmp_path, root):
 def test_too_few_calibration_samples_warns_with_the_number_used(tmp_path, root):
     out = tmp_path / "few"
     result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--format", "onnx", "--quant", "int8",
-                                      "--calib-samples", "500", "--project", str(root), "--out", str(out)])
+                                      "--calib-samples", "500", "--project", str(root), "--out", str(out),
+                                      "--no-distill"])
     assert result.exit_code == 0, result.output
     assert "calibration split has 180 samples, fewer than the 500 requested; used 180" in " ".join(
         result.output.split())  # rich wraps long lines
@@ -140,7 +141,7 @@ def test_qat_on_a_batchnorm_model(tmp_path, root):
     (tmp_path / "edgekit.toml").write_text(text)
     out = tmp_path / "bn"
     result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--quant", "int8-qat", "--qat-epochs", "1",
-                                      "--project", str(tmp_path), "--out", str(out)])
+                                      "--no-distill", "--project", str(tmp_path), "--out", str(out)])
     assert result.exit_code == 0, result.output
     v = json.loads((out / "manifest.json").read_text())["validation"]
     assert v["passed"] and v["accuracy_drop"] <= 1.0 and v["top1_agreement"] >= 0.98

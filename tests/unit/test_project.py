@@ -32,7 +32,7 @@ def wrong_shape():
 
 
 def make_project(tmp_path: Path, model: str = "model.py:tiny", data: str = "data.py:splits",
-                 weights: str | None = None) -> Path:
+                 weights: str | None = None, extra: str = "") -> Path:
     (tmp_path / "model.py").write_text(MODEL_PY)
     (tmp_path / "data.py").write_text(DATA_PY)
     w = f'weights = "{weights}"\n' if weights else ""
@@ -48,7 +48,7 @@ entry = "{data}"
 [[inputs]]
 name = "x"
 shape = [1, 1, 8, 8]
-""")
+{extra}""")
     return tmp_path
 
 
@@ -153,3 +153,49 @@ def test_pickle_with_code_is_refused_and_never_run(tmp_path):
         load_state_dict(tmp_path / "evil.pt")
     assert "refused to load" in str(e.value) and "system" in str(e.value)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- [distill]
+TEACHER = '[teacher]\nentry = "model.py:tiny"\n'
+
+
+def test_root_project_distils_its_teacher_into_the_untrained_student(root):
+    import tomllib
+
+    declared = tomllib.loads((root / "edgekit.toml").read_text())["distill"]
+    settings = load_project(root).distill
+    assert settings is not None and settings.student == "examples/digits/model.py:StudentCNN"
+    assert {k: getattr(settings, k) for k in declared} == declared
+    settings.check()  # the shipped settings pass the same checks as CLI overrides
+
+
+def test_distill_table_is_optional(tmp_path):
+    assert load_project(make_project(tmp_path, extra=TEACHER)).distill is None
+
+
+@pytest.mark.parametrize("table,field", [
+    ("temperature = 0", "distill.temperature"),
+    ("temperature = -2.5", "distill.temperature"),
+    ("alpha = 1.5", "distill.alpha"),
+    ("alpha = -0.1", "distill.alpha"),
+    ("epochs = 0", "distill.epochs"),
+    ('method = "dark-knowledge"', "distill.method"),
+    ("temprature = 2.0", "distill.temprature"),
+    ('student = "model.py"', "distill.student"),
+])
+def test_bad_distill_values_name_the_field(tmp_path, table, field):
+    with pytest.raises(ProjectError, match=f"field '{field}'"):
+        load_project(make_project(tmp_path, extra=f"{TEACHER}[distill]\n{table}\n"))
+
+
+def test_fitnet_in_the_project_needs_hints(tmp_path):
+    with pytest.raises(ProjectError, match="method 'fitnet' needs hints"):
+        load_project(make_project(tmp_path, extra=f'{TEACHER}[distill]\nmethod = "fitnet"\n'))
+    spec = load_project(make_project(tmp_path, extra=f'{TEACHER}[distill]\nmethod = "fitnet"\n'
+                                                     'hints = { "1" = "1" }\n'))
+    assert spec.distill.distill_kwargs()["hints"] == ["1=1"]
+
+
+def test_distill_without_a_teacher_is_refused(tmp_path):
+    with pytest.raises(ProjectError, match=r"\[distill\] needs a teacher to learn from: add \[teacher\]"):
+        load_project(make_project(tmp_path, extra="[distill]\ntemperature = 2.0\n"))

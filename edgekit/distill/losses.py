@@ -1,0 +1,205 @@
+"""Logit losses for distillation, registered by name and configured as ``{"name": ..., "kwargs": {...}}``.
+
+Every loss is called as ``loss(student_logits, teacher_logits, labels=None, mask=None)`` and works on
+classification logits ``[B, C]`` and on sequence logits ``[B, L, V]`` (per token, with a mask and an ignore label).
+
+Hinton KD (Hinton, Vinyals & Dean 2015)::
+
+    L = alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE(y, z_s),     p^T = softmax(z / T)
+
+KL direction: teacher -> student, ``KL(p_t || p_s) = sum_c p_t,c * (log p_t,c - log p_s,c)``. This is what
+``torch.nn.KLDivLoss()(log_softmax(z_s / T), softmax(z_t / T))`` computes (its *input* is the student's
+log-probabilities, its *target* the teacher's probabilities); texts that write ``KL(p_s, p_t)`` with the
+arguments the other way round mean the same quantity. Reduction is ``batchmean``: the KL summed over
+classes, averaged over positions. For sequences a *position* is a token: the terms are averaged over
+the counted tokens (so "batchmean" is per token, not per sequence). The ``T^2`` factor keeps the
+gradient of the soft term at the scale of the hard term as ``T`` grows: ``d/dz_s [T^2 KL] =
+T * (p_s^T - p_t^T)`` per position, which tends to ``(z_s - z_t)/C`` (zero-mean logits) for large ``T``.
+
+Masking: ``mask`` (bool, shape of the logits without the class axis, True = the position exists, e.g.
+not padding) leaves positions out of both terms; a label equal to ``ignore_index`` leaves its position
+out of the hard-label term only, so unlabeled samples or tokens in a batch still learn from the
+teacher (semi-supervised transfer data). Each term is averaged over its own counted positions; a term
+with no position counted is 0.
+
+Registered: ``hinton`` (:class:`HintonKD`), ``soft`` (:class:`SoftKD`, alpha = 1, no labels needed:
+for unlabeled transfer data), ``ce`` (:class:`CrossEntropy`, the student-alone baseline).
+Registration is this module's explicit ``LOSSES`` table, nothing registers itself on import.
+
+>>> loss = make_loss({"name": "hinton", "kwargs": {"temperature": 4.0, "alpha": 0.9}})
+>>> # loss(student(x), teacher(x), y).backward()
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from edgekit.distill import DistillError
+
+
+def check_logits(student: Any, teacher: Any) -> None:
+    """Refuse a teacher/student pair whose outputs cannot be compared, naming both shapes."""
+    s, t = tuple(student.shape), tuple(teacher.shape)
+    if s[-1] != t[-1]:
+        raise DistillError(f"the teacher outputs {t[-1]} classes but the student {s[-1]} (shapes {list(t)} and "
+                           f"{list(s)}); distill into a student whose output size matches the teacher's")
+    if s != t:
+        raise DistillError(f"teacher logits {list(t)} and student logits {list(s)} differ in shape; "
+                           "they must be computed on the same batch")
+
+
+def _positions(logits: Any, mask: Any) -> Any:
+    """Boolean tensor over positions (the logits without the class axis): True where a position exists."""
+    import torch
+
+    keep = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+    if mask is not None:
+        if tuple(mask.shape) != tuple(keep.shape):
+            raise DistillError(f"mask has shape {list(mask.shape)}, expected {list(keep.shape)} "
+                               "(the logits' shape without the class axis)")
+        keep &= mask.to(device=logits.device, dtype=torch.bool)
+    return keep
+
+
+def _labelled(keep: Any, labels: Any, ignore_index: int) -> Any:
+    """The kept positions that have a label."""
+    if tuple(labels.shape) != tuple(keep.shape):
+        raise DistillError(f"labels have shape {list(labels.shape)}, expected {list(keep.shape)}")
+    return keep & (labels != ignore_index)
+
+
+def _mean_over(values: Any, keep: Any) -> Any:
+    """Mean of per-position ``values`` over kept positions; 0 (with a graph) when none is kept."""
+    n = keep.sum()
+    return (values * keep).sum() / n.clamp(min=1)
+
+
+def soft_kl(student: Any, teacher: Any, temperature: float, keep: Any) -> Any:
+    """``KL(p_t^T || p_s^T)`` summed over classes, averaged over kept positions (no ``T^2``)."""
+    import torch.nn.functional as F
+
+    log_ps = F.log_softmax(student / temperature, dim=-1)
+    log_pt = F.log_softmax(teacher.detach() / temperature, dim=-1)
+    kl = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(-1)
+    return _mean_over(kl, keep)
+
+
+def hard_ce(student: Any, labels: Any, keep: Any) -> Any:
+    """Cross-entropy with the labels, averaged over kept positions."""
+    import torch.nn.functional as F
+
+    safe = labels.masked_fill(~keep, 0)  # ignored labels may be out of range; their terms are masked out
+    ce = F.cross_entropy(student.flatten(0, -2), safe.flatten(), reduction="none").view(keep.shape)
+    return _mean_over(ce, keep)
+
+
+class _Loss:
+    name: ClassVar[str]
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": asdict(self)}
+
+
+@dataclass(frozen=True)
+class HintonKD(_Loss):
+    """``alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE(y, z_s)`` (see the module docstring).
+    ``alpha = 1`` needs no labels; ``alpha = 0`` is exactly the cross-entropy."""
+
+    name: ClassVar[str] = "hinton"
+    temperature: float = 4.0
+    alpha: float = 0.9
+    ignore_index: int = -100
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
+            raise DistillError(f"temperature must be a number > 0, got {self.temperature!r}; "
+                               "typical values are 1 to 8")
+        if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
+            raise DistillError(f"alpha must be in [0, 1] (the weight of the soft-label term), got {self.alpha!r}")
+
+    def __call__(self, student: Any, teacher: Any, labels: Any = None, mask: Any = None) -> Any:
+        if teacher is not None:
+            check_logits(student, teacher)
+        if labels is None and self.alpha < 1:
+            raise DistillError(f"alpha = {self.alpha} needs labels for its hard-label term; "
+                               "for unlabeled transfer data use alpha = 1 (soft labels only)")
+        keep = _positions(student, mask)
+        loss = None
+        if self.alpha > 0:
+            if teacher is None:
+                raise DistillError("the soft-label term (alpha > 0) needs teacher logits")
+            loss = self.alpha * self.temperature ** 2 * soft_kl(student, teacher, self.temperature, keep)
+        if self.alpha < 1:
+            hard = (1 - self.alpha) * hard_ce(student, labels, _labelled(keep, labels, self.ignore_index))
+            loss = hard if loss is None else loss + hard
+        return loss
+
+
+@dataclass(frozen=True)
+class SoftKD(HintonKD):
+    """Soft labels only (``alpha = 1``): ``T^2 * KL(p_t^T || p_s^T)``, for unlabeled transfer data."""
+
+    name: ClassVar[str] = "soft"
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.alpha != 1.0:
+            raise DistillError(f"the 'soft' loss uses soft labels only (alpha = 1), got alpha = {self.alpha}; "
+                               "use 'hinton' to mix in the hard labels")
+
+
+@dataclass(frozen=True)
+class CrossEntropy(_Loss):
+    """Plain cross-entropy with the labels; the teacher is ignored (the student-alone baseline)."""
+
+    name: ClassVar[str] = "ce"
+    ignore_index: int = -100
+
+    def __call__(self, student: Any, teacher: Any = None, labels: Any = None, mask: Any = None) -> Any:
+        if labels is None:
+            raise DistillError("the 'ce' loss needs labels; for unlabeled data use the 'soft' loss")
+        return hard_ce(student, labels, _labelled(_positions(student, mask), labels, self.ignore_index))
+
+
+LOSSES: dict[str, type[_Loss]] = {cls.name: cls for cls in (HintonKD, SoftKD, CrossEntropy)}
+
+
+def make_loss(config: dict[str, Any]) -> Any:
+    """Build a registered loss from ``{"name": ..., "kwargs": {...}}``; ``loss.to_config()`` gives it back."""
+    if not isinstance(config, dict) or "name" not in config or set(config) - {"name", "kwargs"}:
+        raise DistillError(f"a loss is configured as {{'name': ..., 'kwargs': {{...}}}}, got {config!r}")
+    name = config["name"]
+    if name not in LOSSES:
+        raise DistillError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+    cls = LOSSES[name]
+    kwargs = config.get("kwargs") or {}
+    allowed = set(cls.__dataclass_fields__)
+    if set(kwargs) - allowed:
+        raise DistillError(f"loss {name!r} has no setting {', '.join(sorted(set(kwargs) - allowed))}; "
+                           f"it takes {', '.join(sorted(allowed))}")
+    return cls(**kwargs)
+
+
+def kd_loss_fn(teacher: Any, loss_config: dict[str, Any]) -> Any:
+    """A ``loss_fn(outputs, labels, inputs)`` for :func:`edgekit.train.fine_tune` that runs the (frozen,
+    eval-mode) teacher on ``inputs``: QAT fine-tuning with this loss is quantization-aware distillation.
+
+    >>> # fine_tune(prepared, x, y, epochs=3, loss_fn=kd_loss_fn(teacher, {"name": "hinton", "kwargs": {}}))
+    """
+    import torch
+
+    from edgekit.distill.trainer import ensure_eval
+
+    loss = make_loss(loss_config)
+    ensure_eval(teacher)
+
+    def loss_fn(outputs: Any, labels: Any, inputs: Any) -> Any:
+        with torch.no_grad():
+            target = teacher(inputs)
+        return loss(outputs, target, labels)
+
+    return loss_fn
