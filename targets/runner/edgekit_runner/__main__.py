@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 
 from edgekit_runner import evaluate, measure, runtimes, sysinfo
 from edgekit_runner.memory import MemoryProbe
-from edgekit_runner.report import EXIT_CODES, INFRA_ERROR, MODEL_ERROR, OK, RunReport
+from edgekit_runner.report import EXIT_CODES, INFRA_ERROR, MODEL_ERROR, OK, RunReport, write_atomic
 
 TIMED_CALL = ("one inference on inputs handed to the runtime once (session.run / interpreter.invoke / "
               "method.execute); input conversion, int8 (de)quantization and output copies are not timed")
@@ -109,7 +108,7 @@ def _emit(report: RunReport, out: Path | None) -> bool:
     print(text, flush=True)
     if out:
         try:
-            _write_atomic(out, text)
+            write_atomic(out, text)
         except OSError as e:
             print(f"edgekit_runner: error: cannot write the report to {out}: {e.strerror or e}; "
                   "pass --out a path in an existing, writable folder", file=sys.stderr)
@@ -250,19 +249,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,6 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from edgekit_runner.report import write_atomic
 
 REPORTS_PATH = "/api/v1/reports"
 TIMESTAMP_HEADER = "X-Edgekit-Timestamp"
@@ -102,7 +103,8 @@ def deliver(url: str, token: str, report_json: str, spool_dir: Path, retries: in
     run_id = _run_id(report_json)
     spool_dir = Path(spool_dir)
     path = spool_dir / f"{run_id}.json"
-    _write_atomic(path, report_json)
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, report_json)
     return _send(url, token, path, run_id, retries, backoff, timeout, sleep)
 
 
@@ -156,7 +158,7 @@ def _mtime(path: Path) -> float:
 def _move_to_failed(path: Path, status: int, reason: str) -> Path:
     failed = path.parent / FAILED
     failed.mkdir(parents=True, exist_ok=True)
-    _write_atomic(failed / f"{path.stem}.reason", f"HTTP {status}: {reason}\n")
+    write_atomic(failed / f"{path.stem}.reason", f"HTTP {status}: {reason}\n")
     os.replace(path, failed / path.name)
     return failed / path.name
 
@@ -177,20 +179,6 @@ def _answer(raw: bytes) -> dict[str, Any]:
     except ValueError:
         return {"error": raw[:200].decode("utf-8", "replace")}
     return answer if isinstance(answer, dict) else {"error": str(answer)[:200]}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:
