@@ -102,7 +102,7 @@ def main() -> None:
     for r in rows:
         f, q = r["fp32"], r["int8"]
         lines.append(f"| {r['model']} | {r['format']} | {f['latency_ms']:.3f} | {q['latency_ms']:.3f} | "
-                     f"{r['speedup']:.2f}x | {f['bytes'] / 1024:.0f} | {q['bytes'] / 1024:.0f} | {r['size_ratio']:.3f} | "
+                     f"{r['speedup']:.2f}x | {f['bytes'] / 1024:.0f} | {q['bytes'] / 1024:.0f} | {r['size_ratio']:.4f} | "
                      f"{f['accuracy']:.2%} | {q['accuracy']:.2%} | {r['accuracy_delta_points']:+.2f} |")
     table = "\n".join(lines)
     note = ("digits: accuracy on the real eval split. mobilenet-v2 (random weights, random inputs): "

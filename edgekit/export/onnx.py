@@ -63,6 +63,7 @@ class OnnxExporter(Exporter):
             batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
             input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
             tool = qb.ort_quantize(fp32_path, path, input_name, batches, backend, quant, node_modules)
+            _strip_debug_info(path)  # the quantizer writes value_info back
             details["quantization"] = {**quant.to_dict(), **tool, "calibration_batches": len(batches)}
         opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
                       if o.domain in ("", "ai.onnx")), None)

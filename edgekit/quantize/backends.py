@@ -2,12 +2,19 @@
 
 - ExecuTorch + XNNPACK: PT2E with ``XNNPACKQuantizer`` (int8 symmetric per-channel weights,
   int8 asymmetric activations), lowered to XNNPACK's quantized kernels.
-- TFLite: PT2E with litert-torch's ``PT2EQuantizer``; full-integer model with int8 I/O
-  (the runner quantizes inputs and dequantizes outputs with the tensors' parameters).
+- TFLite: PT2E annotated by ``XNNPACKQuantizer`` (the same int8 scheme), lowered by litert-torch
+  with its ``PT2EQuantizer`` config; full-integer model with int8 I/O (the runner quantizes
+  inputs and dequantizes outputs with the tensors' parameters). See export/tflite.py for why.
 - ONNX: ONNX Runtime's ``quantize_static`` on the fp32 file, QDQ format, because the
   execution providers (QNN, TensorRT) consume QDQ graphs produced by ORT's own tools:
-  CPU EP uint8 activations / int8 weights; QNN HTP through ``get_qnn_qdq_config``
-  (uint8 activations, int8 symmetric weights); TensorRT symmetric int8 activations and weights.
+  CPU EP uint8 activations / int8 weights; QNN HTP through ``get_qnn_qdq_config`` (uint8
+  activations, int8 symmetric weights, int32 biases as ORT's QNN config writes them); TensorRT
+  symmetric int8 activations and weights. For CPU and TensorRT the biases stay float32 in the
+  file (``QuantizeBias: False``): ONNX Runtime's level-1 WeightBiasQuantization transformer
+  quantizes them at load, before any EP sees the graph, to int32 with scale = input scale x
+  weight scale and zero point 0, so the file does without the int32 biases, their per-channel
+  scales and zero points (MobileNetV2: 0.278 -> 0.266 of fp32) and the CPU EP runs the same
+  fused QLinearConv / QGemm kernels (tests/integration/test_int8_artifacts.py).
 """
 
 from __future__ import annotations
@@ -249,7 +256,8 @@ def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list
                         per_channel=scheme.per_channel,
                         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                                       "QuantizeBias": False})
     except QuantizationError:
         raise
     except Exception as e:

@@ -64,12 +64,22 @@ def _weight(scales: Any, zero_points: Any, axis: int = 0) -> QuantParams:
 
 
 def onnx_params(path: Path) -> BackendQuant:
-    """From ORT's QDQ graph: QuantizeLinear on the graph input, the weight's and bias's
-    DequantizeLinear initializers, and the QuantizeLinear feeding the graph output."""
+    """From ORT's QDQ graph as ONNX Runtime loads it (level-1 optimizations, before any EP sees
+    it): QuantizeLinear on the graph input, the weight's and bias's DequantizeLinear initializers,
+    and the QuantizeLinear feeding the graph output. The file keeps the bias float
+    (``QuantizeBias: False``); ORT's WeightBiasQuantization makes it the int32 read here."""
+    import tempfile
+
     import onnx
+    import onnxruntime as ort
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(tmp) / "basic.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(options.optimized_model_filepath)
     g = model.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     graph_in = g.input[0].name

@@ -17,12 +17,12 @@ Conventions found (they are what the simulation follows, nothing is loosened per
   (axis 0 of OIHW / (out, in)); the float bias is quantized to int32 by the XNNPACK lowering with
   scale in_scale * w_scale. XNNPACK rounds half to even (fp32 requantization, ``lrintf``-style).
 - ONNX Runtime CPU (``quantize_static`` QDQ): *uint8* asymmetric activations, int8 symmetric narrow
-  weights per channel (DequantizeLinear axis 0), int32 bias (scale in_scale * w_scale) as an
-  initializer. ORT's CPU EP fuses the QDQ graph into integer kernels (QLinearConv / QGemm) that
+  weights per channel (DequantizeLinear axis 0); the file keeps the bias float and ORT's level-1
+  WeightBiasQuantization makes it int32 (scale in_scale * w_scale) at load. ORT's CPU EP fuses the QDQ graph into integer kernels (QLinearConv / QGemm) that
   requantize in fp32 and round half to even, as QuantizeLinear does (the ONNX spec); its own
   calibration gives other activation ranges than PT2E, which is why the params are read back.
-- LiteRT (litert-torch ``PT2EQuantizer``): same observers as XNNPACK's PT2E (int8 asymmetric
-  activations, int8 symmetric narrow per-channel weights), full-integer model with int8 I/O; conv
+- LiteRT (PT2E annotated by ``XNNPACKQuantizer``, lowered by litert-torch): the same observers as
+  ExecuTorch (int8 asymmetric activations, int8 symmetric narrow per-channel weights), full-integer model with int8 I/O; conv
   filters are stored OHWI with ``quantized_dimension`` 0. The reference kernels requantize with a
   fixed-point multiplier and round half *away from zero*; under the interpreter's default XNNPACK
   delegate the fp32 requantization rounds half to even. The two differ only near ties (the
