@@ -44,8 +44,8 @@ from edgekit.distill.trainer import (
     fingerprint,
     fit,
     resolve_device,
-    write_atomic,
 )
+from edgekit.fsutil import write_atomic
 
 METHODS = ("hinton", "fitnet", "fitnet+hinton", "ce")
 STUDENT_FILE, METRICS_FILE = "student.safetensors", "metrics.json"

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 
 from edgekit.distill import DistillError, DistillWarning
+from edgekit.fsutil import write_atomic
 
 CHECKPOINT_FORMAT = 1
 StepLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, y, sample indices) -> loss
@@ -169,23 +169,6 @@ def fingerprint(modules: dict[str, nn.Module]) -> str:
 def _layout(modules: dict[str, nn.Module]) -> list[list[Any]]:
     return [[f"{key}.{name}", list(t.shape), str(t.dtype)] for key, m in modules.items()
             for name, t in m.state_dict().items()]
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it into place (with the
-    umask's ordinary file mode: mkstemp makes it 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fit(modules: dict[str, nn.Module], step_loss: StepLoss, train: tuple[torch.Tensor, torch.Tensor],

@@ -112,6 +112,8 @@ def compact_quant_params(path: Path) -> None:
     import numpy as np
     from ai_edge_litert.tools import flatbuffer_utils
 
+    from edgekit.fsutil import write_bytes_atomic
+
     model = flatbuffer_utils.read_model(str(path))
     if any(b.offset > 1 for b in model.buffers or []):
         return
@@ -136,6 +138,4 @@ def compact_quant_params(path: Path) -> None:
 
     builder = SharingBuilder()
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    tmp = path.with_suffix(".compact.tmp")
-    tmp.write_bytes(builder.Output())
-    tmp.replace(path)
+    write_bytes_atomic(path, bytes(builder.Output()))

@@ -33,7 +33,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -43,6 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from edgekit.fsutil import write_bytes_atomic
 from edgekit.results import ResultsError, edgekit_home
 from edgekit.results.schema import SUPPORTED_VERSIONS, ReportInvalid, parse_report
 from edgekit.results.signing import MAX_SKEW_S, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, ensure_token, verify
@@ -111,8 +111,8 @@ class Collector:
                 path = self.rejected_dir / f"{stamp}-{next(self._counter)}.body"
                 while path.exists():  # a collector started earlier in the same second
                     path = self.rejected_dir / f"{stamp}-{next(self._counter)}.body"
-                _write_atomic(path.with_suffix(".reason"), (reason + "\n").encode("utf-8"))
-                _write_atomic(path, body)
+                write_bytes_atomic(path.with_suffix(".reason"), (reason + "\n").encode("utf-8"))
+                write_bytes_atomic(path, body)
                 bodies = sorted(self.rejected_dir.glob("*.body"), key=lambda p: p.stat().st_mtime_ns)
                 for old in bodies[: max(0, len(bodies) - self.max_rejected)]:
                     old.unlink(missing_ok=True)
@@ -250,10 +250,3 @@ def serve_in_thread(db: Path | str | None = None, token: str | None = None, *, h
         thread.join()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
