@@ -342,14 +342,18 @@ def _native_output_to_log(debug: bool) -> Iterator[tuple[str | None, Any]]:
               help="Calibration samples.")
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
               help="Accuracy budget in points below fp32  [default: the profile's]")
+@click.option("--distill/--no-distill", default=True, show_default=True,
+              help="When the project declares a [teacher]: analyse the student the build would distil and "
+                   "ship (trained first, as `build` does), not the [model] entry.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def quantize_report(ctx: click.Context, device: str, project: Path | None, calib_samples: int,
-                    max_accuracy_drop: float | None, as_json: bool) -> None:
+                    max_accuracy_drop: float | None, distill: bool, as_json: bool) -> None:
     """Per-layer int8 sensitivity, and the layers --quant mixed would keep in float.
 
     Each Conv/Linear layer is quantized alone (PT2E, simulated in PyTorch) and measured on the
-    eval split; then layers are kept float, most damaging first, until the budget is met."""
+    eval split; then layers are kept float, most damaging first, until the budget is met. The
+    network analysed is the one `build` ships with the same --distill/--no-distill choice."""
     from edgekit.plan import make_plan
     from edgekit.project import load_data, load_model, load_project
 
@@ -365,14 +369,22 @@ def quantize_report(ctx: click.Context, device: str, project: Path | None, calib
         torch.manual_seed(spec.seed)
         splits = load_data(spec)
         model = load_model(spec)
+        network = f"the [model] entry {spec.model.entry}"
+        if distill and spec.teacher is not None:
+            from edgekit.distill.project import distill_for_build
+
+            model, _, record = distill_for_build(spec, splits, model, lambda msg: status.update(f"distill: {msg}"))
+            network = f"the distilled student {record['student_entry']} (teacher {spec.teacher.entry})"
         ev, n = splits["eval"], spec.inputs[0].shape[0]
         example = (torch.from_numpy(ev.x[:n]).clone(memory_format=torch.contiguous_format),)
         report = analyze(model, example, splits["calib"].x[:calib_samples], ev.x, ev.y, plan.max_accuracy_drop,
                          progress=status.update)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(json.dumps({"network": network, **report.to_dict()}, indent=2))
         return
-    _print_sensitivity(_console(), report)
+    out = _console()
+    out.print(f"analysed: {network}")
+    _print_sensitivity(out, report)
 
 
 # ---------------------------------------------------------------- inspect

@@ -97,3 +97,19 @@ def test_keep_float_is_checked(root, tmp_path):
     assert "unknown layer(s) for --keep-float: 'features.O' (did you mean" in message and "features.0" in message
     assert "✓ load" not in message  # refused as soon as the model is loaded, before any export
     assert not (tmp_path / "b").exists()
+
+
+def test_report_analyses_the_network_build_ships(root):
+    """The default project declares a teacher: the report distils the student first, as `build`
+    does, unless --no-distill asks for the [model] entry."""
+    runs = {}
+    for flag in ("--distill", "--no-distill"):
+        result = edgekit("quantize-report", "--device", "pixel8", "--project", str(root), "--json", flag)
+        assert result.exit_code == 0, result.output
+        runs[flag] = json.loads(result.stdout)
+    assert runs["--distill"]["network"].startswith("the distilled student examples/digits/model.py:StudentCNN")
+    assert runs["--no-distill"]["network"] == "the [model] entry examples/digits/model.py:student"
+    # two different trained networks: their fp32 accuracies on the 360 eval images differ
+    assert runs["--distill"]["fp32_metric"] != runs["--no-distill"]["fp32_metric"]
+    for run in runs.values():
+        assert [s["name"] for s in run["layers"]] == ["features.0", "features.2", "classifier.0", "classifier.2"]
