@@ -23,7 +23,7 @@ demo: install
 
 test: install
 	bash .ci/sshd-prereqs.sh  # the transport tests start a real sshd and drive the real adb client
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest --durations=15  # the slowest tests, for keeping CI short
 
 bench: install
 	$(VENV)/bin/python benchmarks/cli_startup.py
