@@ -3,16 +3,21 @@
 For the digits student (real data: accuracy on the 360-image eval split) and a
 MobileNetV2-shaped network at 224x224 (seeded random weights, random calibration
 images: "accuracy" there is top-1 agreement with the fp32 PyTorch model). Each
-artifact runs in its real runtime; latency is the median of 50 single-batch runs
-on this host, so compare ratios, not absolute numbers. Writes
+artifact runs in its real runtime. Latency: the fp32 and int8 artifacts are loaded
+side by side and timed in alternating rounds (the order flips each round, so drift
+on this shared host hits both); each round is about 0.25 s of single-batch runs of
+the slower model, latency is the median over rounds of the round medians, and the
+speed ratio is the median of the per-round fp32/int8 ratios (its range in the JSON
+and in brackets). Compare ratios, not absolute numbers. Writes
 benchmarks/results/quantization.{md,json}.
 
-    .venv/bin/python benchmarks/quantization.py [--models digits mobilenet-v2]
+    .venv/bin/python benchmarks/quantization.py [--models digits mobilenet-v2] [--threads 1] [--rounds 7]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -61,7 +66,23 @@ def mobilenet():
 MODELS = {"digits": digits, "mobilenet-v2": mobilenet}
 
 
-def measure(name: str, fmt: str, backend: str, model, calib, ev, labels, work: Path) -> dict:
+def interleaved_latency(paths: dict[str, Path], runtime: str, x: np.ndarray, threads: int,
+                        rounds: int) -> dict[str, list[float]]:
+    """Per-round median latency (ms) of each artifact, timed in alternating order."""
+    from edgekit_runner import evaluate, runtimes
+
+    models = {k: runtimes.load(p, runtime, threads=threads) for k, p in paths.items()}
+    probe = max(evaluate.time_model(m, x, runs=5, warmup=3)["median"] for m in models.values())
+    runs = max(10, min(2000, int(250 / max(probe, 1e-3))))
+    medians: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(rounds):
+        for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
+            medians[k].append(evaluate.time_model(models[k], x, runs=runs, warmup=3)["median"])
+    return medians
+
+
+def measure(name: str, fmt: str, backend: str, model, calib, ev, labels, work: Path, threads: int,
+            rounds: int) -> dict:
     from edgekit.export import EXPORTERS
     from edgekit.quantize.schemes import Int8Static
     from edgekit.validate import validate
@@ -77,36 +98,48 @@ def measure(name: str, fmt: str, backend: str, model, calib, ev, labels, work: P
         t0 = time.perf_counter()
         result = exporter.export(model, example, backend, out, **kwargs)
         build_s = time.perf_counter() - t0
-        v = validate(result.model_path, exporter.runtime, ev, labels, reference, ["logits"], None, "target-runtime")
-        row[precision] = {"bytes": result.model_path.stat().st_size, "latency_ms": v.host_latency_ms["median"],
+        v = validate(result.model_path, exporter.runtime, ev, labels, reference, ["logits"], None, "target-runtime",
+                     timing_runs=1)
+        row[precision] = {"bytes": result.model_path.stat().st_size, "path": result.model_path,
                           "accuracy": v.value, "agreement": v.top1_agreement, "build_s": round(build_s, 1)}
+    rounds_ms = interleaved_latency({p: row[p].pop("path") for p in ("fp32", "int8")}, exporter.runtime, ev[:1],
+                                    threads, rounds)
+    ratios = [a / b for a, b in zip(rounds_ms["fp32"], rounds_ms["int8"])]
+    for precision, ms in rounds_ms.items():
+        row[precision].update(latency_ms=statistics.median(ms), round_medians_ms=ms)
         print(f"  {name} {fmt} {precision}: {row[precision]}", flush=True)
     f, q = row["fp32"], row["int8"]
-    row.update(speedup=f["latency_ms"] / q["latency_ms"], size_ratio=q["bytes"] / f["bytes"],
-               accuracy_delta_points=(q["accuracy"] - f["accuracy"]) * 100)
+    row.update(speedup=statistics.median(ratios), speedup_range=[min(ratios), max(ratios)],
+               size_ratio=q["bytes"] / f["bytes"], accuracy_delta_points=(q["accuracy"] - f["accuracy"]) * 100,
+               threads=threads)
     return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    ap.add_argument("--threads", type=int, default=1, help="runtime threads (1: steadiest on a shared host)")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating timing rounds per artifact pair")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             model, calib, ev, labels = MODELS[name]()
             for fmt, backend in CASES:
-                rows.append(measure(name, fmt, backend, model, calib, ev, labels, Path(tmp)))
+                rows.append(measure(name, fmt, backend, model, calib, ev, labels, Path(tmp), args.threads,
+                                    args.rounds))
     lines = ["| model | format | fp32 ms | int8 ms | fp32/int8 speed | fp32 KiB | int8 KiB | size ratio | "
              "fp32 acc | int8 acc | delta (points) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, q = r["fp32"], r["int8"]
         lines.append(f"| {r['model']} | {r['format']} | {f['latency_ms']:.3f} | {q['latency_ms']:.3f} | "
-                     f"{r['speedup']:.2f}x | {f['bytes'] / 1024:.0f} | {q['bytes'] / 1024:.0f} | {r['size_ratio']:.4f} | "
+                     f"{r['speedup']:.2f}x ({r['speedup_range'][0]:.2f}–{r['speedup_range'][1]:.2f}) | {f['bytes'] / 1024:.0f} | {q['bytes'] / 1024:.0f} | {r['size_ratio']:.4f} | "
                      f"{f['accuracy']:.2%} | {q['accuracy']:.2%} | {r['accuracy_delta_points']:+.2f} |")
     table = "\n".join(lines)
     note = ("digits: accuracy on the real eval split. mobilenet-v2 (random weights, random inputs): "
-            "'acc' is top-1 agreement with PyTorch fp32. Latency: median of 50 batch-1 runs on this 2-core host.")
+            "'acc' is top-1 agreement with PyTorch fp32. Latency: batch 1, "
+            f"{args.threads} runtime thread(s), fp32 and int8 timed in {args.rounds} alternating rounds on this "
+            "2-core shared host; speed = median of the per-round fp32/int8 ratios (range in brackets).")
     write_results("quantization", "fp32 vs int8 per format", f"{table}\n\n{note}", rows)
     print(table)
 
