@@ -98,9 +98,12 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
             stage("distill", f"teacher {project.teacher.entry}")
             model, teacher, distilled = distill_for_build(project, splits, model, lambda msg: stage("distill", msg))
             if distilled["student_accuracy"] < distilled["original_student_accuracy"]:
-                warnings.append(f"the distilled student ({distilled['student_accuracy']:.2%}) is less accurate than "
-                                f"the project's model entry ({distilled['original_student_accuracy']:.2%}) on the eval "
-                                "split; build with --no-distill to ship the model entry's network")
+                n = len(splits["eval"].y)
+                wrong = [round((1 - distilled[k]) * n) for k in ("student_accuracy", "original_student_accuracy")]
+                warnings.append(f"the distilled student ({distilled['student_accuracy']:.2%}, {wrong[0]} of {n} wrong) "
+                                f"is less accurate than the project's model entry "
+                                f"({distilled['original_student_accuracy']:.2%}, {wrong[1]} wrong) on the eval split; "
+                                "build with --no-distill to ship the model entry's network")
         if plan.quant_scheme and plan.quant_scheme.get("float_layers"):
             from edgekit.quantize.sensitivity import check_layer_names
 
