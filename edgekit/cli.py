@@ -213,7 +213,7 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
             status.update(f"{name}: {detail}")
 
         try:
-            result = run_build(profile, spec, plan, out, force=force, on_stage=on_stage, distill=distill)
+            result = run_build(profile, spec, plan, out, force=force, on_stage=on_stage)
         except EdgekitError:
             status.stop()
             con.print(f"  [red]✗[/] {last[0]}" + (f" (library messages: {log})" if log else ""))
@@ -354,11 +354,11 @@ def quantize_report(ctx: click.Context, device: str, project: Path | None, calib
     Each Conv/Linear layer is quantized alone (PT2E, simulated in PyTorch) and measured on the
     eval split; then layers are kept float, most damaging first, until the budget is met. The
     network analysed is the one `build` ships with the same --distill/--no-distill choice."""
-    from edgekit.plan import make_plan
+    from edgekit.plan import accuracy_budget
     from edgekit.project import load_data, load_model, load_project
 
     profile = _registry(ctx).load(device)
-    plan = make_plan(profile, quant="int8", calib_samples=calib_samples, max_accuracy_drop=max_accuracy_drop)
+    budget = accuracy_budget(profile, max_accuracy_drop)  # the analysis needs no backend: any profile works
     spec = load_project(project)
     con = _console(stderr=True)
     with con.status("loading the project") as status:
@@ -377,7 +377,7 @@ def quantize_report(ctx: click.Context, device: str, project: Path | None, calib
             network = f"the distilled student {record['student_entry']} (teacher {spec.teacher.entry})"
         ev, n = splits["eval"], spec.inputs[0].shape[0]
         example = (torch.from_numpy(ev.x[:n]).clone(memory_format=torch.contiguous_format),)
-        report = analyze(model, example, splits["calib"].x[:calib_samples], ev.x, ev.y, plan.max_accuracy_drop,
+        report = analyze(model, example, splits["calib"].x[:calib_samples], ev.x, ev.y, budget,
                          progress=status.update)
     if as_json:
         click.echo(json.dumps({"network": network, **report.to_dict()}, indent=2))

@@ -65,9 +65,9 @@ def tool_versions() -> dict[str, str]:
 
 
 def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, force: bool = False,
-          on_stage: StageCallback = lambda stage, detail: None, distill: bool = True) -> BuildResult:
+          on_stage: StageCallback = lambda stage, detail: None) -> BuildResult:
     """Run the plan and write the bundle to ``out`` atomically. Raises EdgekitError subclasses.
-    ``distill=False`` skips the distill stage of a project with a teacher (``--no-distill``)."""
+    The distill stage runs when the plan has it (a project with a teacher, without --no-distill)."""
     import torch
 
     timings: dict[str, float] = {}
@@ -92,7 +92,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         splits = load_data(project)
         model = load_model(project)
         teacher, distilled, warnings = None, None, []
-        if distill and project.teacher is not None:
+        if plan.distill:
             from edgekit.distill.project import distill_for_build
 
             stage("distill", f"teacher {project.teacher.entry}")
@@ -184,12 +184,8 @@ def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_pa
               reference: list[np.ndarray], ev: Any, result: Any, validation: ValidationResult,
               baseline: tuple[Any, ValidationResult] | None, warnings: list[str],
               distilled: dict[str, Any] | None) -> dict[str, Any]:
-    """What the bundle says about itself (file hashes are added when it is committed). The plan's
-    stages include ``distill`` when that stage ran."""
+    """What the bundle says about itself (file hashes are added when it is committed)."""
     inp = project.inputs[0]
-    stages = list(plan.stages)
-    if distilled is not None and "distill" not in stages:
-        stages.insert(stages.index("load") + 1, "distill")
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "edgekit-bundle",
@@ -198,7 +194,7 @@ def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_pa
                     "schema_version": profile.schema_version, "budgets": profile.budgets.model_dump()},
         "project": {"name": project.name, "task": project.task.kind, "metric": project.task.metric,
                     "model_entry": project.model.entry},
-        "plan": {**plan.model_dump(), "stages": stages},
+        "plan": plan.model_dump(),
         "model": {
             "file": model_path.name, "format": plan.format, "backend": plan.backend,
             "runtime": plan.runtime, "runtime_target": plan.runtime_target, "precision": plan.precision,

@@ -84,6 +84,13 @@ def resolve_quant(profile: DeviceProfile, quant: str) -> str:
     return profile.default.quant
 
 
+def accuracy_budget(profile: DeviceProfile, max_accuracy_drop: float | None = None) -> float:
+    """The accuracy budget in points: ``--max-accuracy-drop`` when given, else the profile's."""
+    if max_accuracy_drop is not None and max_accuracy_drop < 0:
+        raise PlanError(f"--max-accuracy-drop must be >= 0 points, got {max_accuracy_drop:g}")
+    return profile.budgets.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
+
+
 def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
               quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32,
               keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
@@ -95,8 +102,7 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
     quant = resolve_quant(profile, quant)
     if keep_float and quant != "mixed":
         raise PlanError(f"--keep-float applies to --quant mixed, not --quant {quant}")
-    if max_accuracy_drop is not None and max_accuracy_drop < 0:
-        raise PlanError(f"--max-accuracy-drop must be >= 0 points, got {max_accuracy_drop:g}")
+    budget = accuracy_budget(profile, max_accuracy_drop)
     if quant not in ("none", *SCHEMES):
         raise PlanError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANT_CHOICES)}")
     scheme = None
@@ -150,8 +156,7 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         profile_default_quant=profile.default.quant,
         validation="target-runtime" if spec.runs_on_host else "host-twin", host_twin=spec.host_twin,
         atol=EXPORTERS[fmt].atol.get(precision),
-        max_accuracy_drop=(profile.budgets.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop)
-        if scheme else None,
+        max_accuracy_drop=budget if scheme else None,
         distill=distill,
         stages=("load", *(("distill",) if distill else ()), "export", "validate",
                 *((*(("analyze",) if quant == "mixed" else ()), "quantize" if quant != "int8-qat" else "qat",

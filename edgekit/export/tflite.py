@@ -35,25 +35,32 @@ class TFLiteExporter(Exporter):
                quant: Any = None, calib: Any = None, fine_tune: Any = None) -> ExportResult:
         export_program(model, example_inputs)  # same clear error as the other formats if untraceable
         path = out_dir / f"model{self.extension}"
-        if quant is not None and quant.name == "int8-weight-only":  # ai-edge-quantizer works on the fp32 file
-            from edgekit.quantize import backends as qb
-
-            fp32 = self.export(model, example_inputs, backend, subdir(out_dir, "fp32")).model_path
-            tool = qb.aeq_weight_only(fp32, path)
+        if quant is not None and quant.name in ("int8-weight-only", "mixed"):
+            details = self._ai_edge_quantizer(model, example_inputs, backend, out_dir, path, quant, calib)
+        else:
+            details = self._litert(model, example_inputs, path, quant, calib, fine_tune)
+        if quant is not None:
             compact_quant_params(path)
-            return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
-                                details={"quantization": {**quant.to_dict(), **tool, "calibration_batches": 0,
-                                                          "io": "float"}})
-        if quant is not None and quant.name == "mixed":  # ai-edge-quantizer: regex scopes keep layers float
-            from edgekit.quantize import backends as qb
+        return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
+                            details=details)
 
-            fp32 = self.export(model, example_inputs, backend, subdir(out_dir, "fp32")).model_path
+    def _ai_edge_quantizer(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path, path: Path,
+                           quant: Any, calib: Any) -> dict[str, Any]:
+        """ai-edge-quantizer works on the fp32 file: int8 weight-only, or mixed (static int8 with
+        regex scopes keeping layers float)."""
+        from edgekit.quantize import backends as qb
+
+        fp32 = self.export(model, example_inputs, backend, subdir(out_dir, "fp32")).model_path
+        if quant.name == "mixed":
             batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
-            tool = qb.aeq_static(fp32, path, batches, quant.float_layers)
-            compact_quant_params(path)
-            return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
-                                details={"quantization": {**quant.to_dict(), **tool, "io": "int8",
-                                                          "calibration_batches": len(batches)}})
+            tool = {**qb.aeq_static(fp32, path, batches, quant.float_layers), "io": "int8"}
+        else:
+            batches, tool = [], {**qb.aeq_weight_only(fp32, path), "io": "float"}
+        return {"quantization": {**quant.to_dict(), **tool, "calibration_batches": len(batches)}}
+
+    def _litert(self, model: Any, example_inputs: tuple, path: Path, quant: Any, calib: Any,
+                fine_tune: Any) -> dict[str, Any]:
+        """litert-torch's converter, fp32 or from a PT2E-quantized graph."""
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.WARNING)  # litert-torch logs every lowered op at INFO on the root logger
@@ -90,10 +97,7 @@ class TFLiteExporter(Exporter):
             raise ExportError(f"TFLite conversion failed: {summarize(e)}") from e
         finally:
             root.setLevel(level)
-        if quant is not None:
-            compact_quant_params(path)
-        return ExportResult(model_path=path, twin_path=None if self.backends[backend].runs_on_host else path,
-                            details=details)
+        return details
 
 
 def compact_quant_params(path: Path) -> None:

@@ -113,3 +113,13 @@ def test_report_analyses_the_network_build_ships(root):
     assert runs["--distill"]["fp32_metric"] != runs["--no-distill"]["fp32_metric"]
     for run in runs.values():
         assert [s["name"] for s in run["layers"]] == ["features.0", "features.2", "classifier.0", "classifier.2"]
+
+
+def test_report_needs_no_int8_backend(root):
+    """iphone-15-pro builds Core ML (no int8 activations there); the analysis is backend-free and
+    uses only the budget (here overridden)."""
+    result = edgekit("quantize-report", "--device", "iphone-15-pro", "--project", str(root / OUTLIER), "--json",
+                     "--max-accuracy-drop", "2")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["budget_points"] == 2.0 and report["float_layers"] == AROUND_THE_OUTLIER
