@@ -1,9 +1,16 @@
 """Bundles: a folder with the model file, manifest.json, eval.npz and a copy of the runner.
 
-A bundle is staged in a hidden sibling folder (``.NAME.partial-PID-XXXX``) and
-renamed into place only once complete, manifest last; an interrupted build
-leaves no folder that looks like a bundle. ``--force`` replaces an existing
-bundle atomically: the old one stays until the new one is complete.
+A bundle is staged in a hidden sibling folder (``.NAME.partial-PID-XXXX``) and swapped into place only
+once complete, manifest last; an interrupted build leaves no folder that looks like a bundle, and the
+next build removes the staging folders of builds that died.
+
+``--force`` replaces an existing bundle, and only a bundle: a folder whose manifest passes the
+schema, says edgekit wrote it, and whose files are exactly the ones it lists with their sha256. Anything
+else (another tool's output that happens to hold a ``manifest.json``, a bundle with a file added)
+is refused and left as it was. The replacement is one ``renameat2(RENAME_EXCHANGE)`` on Linux (macOS:
+``renamex_np(RENAME_SWAP)``): a reader sees the old bundle or the new one, never none. Builds to the
+same folder are serialized by a lock file beside it (``.NAME.lock``, there while a build runs); the
+second one fails at once with a message naming the first.
 
 >>> # with BundleWriter(Path("build/pixel8"), force=False) as w:
 >>> #     (w.staging / "model.pte").write_bytes(...)
@@ -12,37 +19,51 @@ bundle atomically: the old one stays until the new one is complete.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from edgekit_runner.files import UnsafeFile, sha256_file, walk
+from edgekit_runner.manifest import NAME as MANIFEST
+from edgekit_runner.manifest import SCHEMA_VERSION, ManifestError
+from edgekit_runner.manifest import read_manifest as _read_manifest
+
+from edgekit import signals
 from edgekit.errors import BundleError
+from edgekit.fsutil import remove_if_owner_dead
 
-MANIFEST = "manifest.json"
-SCHEMA_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["MANIFEST", "SCHEMA_VERSION", "BundleWriter", "check_destination", "file_hashes", "read_manifest",
+           "sha256_file", "verify"]
 
 
 def check_destination(out: Path, force: bool) -> None:
-    """Fail before any work if ``out`` cannot be written."""
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise BundleError(f"{out} already exists; pass --force to replace it "
-                              "(the old bundle is kept until the new one is complete)")
-        if not (out / MANIFEST).is_file():
-            raise BundleError(f"{out} exists and is not an edgekit bundle (no {MANIFEST}); "
-                              "refusing to replace it even with --force; choose another --out")
+    """Fail before any work if ``out`` cannot be written: it exists (without ``force``), or it is not a
+    bundle that edgekit wrote and that is intact (even with ``force``)."""
+    out = Path(out)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise BundleError(f"{out} already exists; pass --force to replace it "
+                          "(the old bundle is kept until the new one is complete)")
+    if out.is_symlink() or not out.is_dir():
+        raise BundleError(f"{out} is {'a symbolic link' if out.is_symlink() else 'not a folder'}; refusing to "
+                          "replace it even with --force; choose another --out")
+    try:
+        _, problems = verify(out)
+    except BundleError as e:
+        problems = [str(e)]
+    if problems:
+        raise BundleError(f"{out} is not an edgekit bundle that can be replaced ({problems[0]}"
+                          f"{f'; and {len(problems) - 1} more' if len(problems) > 1 else ''}); refusing to "
+                          "replace it even with --force: remove it yourself or choose another --out")
 
 
 class BundleWriter:
@@ -51,20 +72,29 @@ class BundleWriter:
         self.force = force
         check_destination(self.out, force)
         self.staging: Path | None = None
+        self._lock: tuple[Path, int] | None = None
 
     def __enter__(self) -> BundleWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(self.out)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-{os.getpid()}-",
-                                             dir=self.out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.staging, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is an ordinary folder
+        self._lock = _lock(self.out)
+        try:
+            _remove_stale_partials(self.out)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-{os.getpid()}-",
+                                                 dir=self.out.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.staging, 0o777 & ~umask)  # mkdtemp makes it 0700; a bundle is an ordinary folder
+        except BaseException:
+            self.__exit__(None)
+            raise
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if self.staging is not None and self.staging.exists():
             shutil.rmtree(self.staging, ignore_errors=True)
+        if self._lock is not None:
+            _unlock(self._lock)
+            self._lock = None
 
     def commit(self, manifest: dict[str, Any]) -> Path:
         """Hash every staged file into the manifest, write it last, and swap the folder in."""
@@ -72,76 +102,159 @@ class BundleWriter:
         manifest = dict(manifest, files=file_hashes(self.staging))
         tmp = self.staging / f".{MANIFEST}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+            json.dump(manifest, f, indent=2, sort_keys=True, default=str, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.staging / MANIFEST)
+        _fsync_dir(self.staging)
         check_destination(self.out, self.force)  # something may have appeared meanwhile
-        old = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-            os.replace(self.out, old)
-        os.replace(self.staging, self.out)
-        self.staging = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(self.out.parent)
+        with signals.critical():  # an interrupt from here on waits until the swap is done
+            if self.out.exists():
+                if not _exchange(self.staging, self.out):  # no atomic swap here: a moment without a bundle
+                    old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+                    os.replace(self.out, old)
+                    os.replace(self.staging, self.out)
+                    self.staging = old
+            else:
+                os.replace(self.staging, self.out)
+                self.staging = None
+            _fsync_dir(self.out.parent)
+            if self.staging is not None:  # now the old bundle
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
         return self.out
 
 
 def file_hashes(root: Path) -> dict[str, dict[str, Any]]:
-    return {
-        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith(f".{MANIFEST}")
-        and "__pycache__" not in p.parts
-    }
+    """Every regular file under ``root`` but the manifest -> sha256 and size."""
+    return {rel: {"sha256": sha256_file(root / rel), "bytes": (root / rel).stat().st_size}
+            for rel, kind in walk(root) if kind == "file" and rel != MANIFEST and not rel.startswith(f".{MANIFEST}")}
 
 
 def read_manifest(bundle: Path) -> dict[str, Any]:
-    path = Path(bundle) / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{bundle} is not a bundle: {MANIFEST} is missing")
+    """The manifest of ``bundle``, checked against the bundle schema (BundleError, one line, if it does not fit)."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{path} is not valid JSON: {e}") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{path}: bundle schema_version {manifest.get('schema_version')!r} is not supported "
-                          f"(supported: {SCHEMA_VERSION})")
-    return manifest
+        return _read_manifest(Path(bundle)).data
+    except ManifestError as e:
+        raise BundleError(str(e)) from None
 
 
 def verify(bundle: Path) -> tuple[dict[str, Any], list[str]]:
-    """The manifest and a list of problems (missing, changed or unlisted files); empty when intact."""
+    """The manifest and a list of problems (missing, changed or unlisted files, links, FIFOs, empty folders,
+    a model or eval file the manifest does not list); empty when intact. A bundle replaced while it is being
+    read (``edgekit build --force`` elsewhere) is read again, so the answer is about one bundle."""
     bundle = Path(bundle)
-    manifest = read_manifest(bundle)
-    listed = manifest.get("files", {})
-    problems = []
-    for rel, meta in sorted(listed.items()):
-        p = bundle / rel
-        if not p.resolve().is_relative_to(bundle.resolve()):
-            problems.append(f"{rel}: path escapes the bundle")
-        elif not p.is_file():
-            problems.append(f"{rel}: missing")
-        elif sha256_file(p) != meta["sha256"]:
-            problems.append(f"{rel}: sha256 mismatch (file was modified)")
-    for rel in file_hashes(bundle):
-        if rel not in listed:
-            problems.append(f"{rel}: not listed in the manifest")
+    for _ in range(5):
+        before = _identity(bundle)
+        manifest = read_manifest(bundle)
+        problems = _problems(bundle, manifest)
+        if not problems or _identity(bundle) == before:
+            return manifest, problems
+        time.sleep(0.05)
     return manifest, problems
 
 
-def _remove_stale_partials(out: Path) -> None:
-    """Remove staging folders of builds whose process is gone (killed mid-way)."""
-    for p in out.parent.glob(f".{out.name}.partial-*"):
+def _problems(bundle: Path, manifest: dict[str, Any]) -> list[str]:
+    listed = manifest["files"]
+    problems = [f"{manifest[section]['file']}: the manifest's {section} file is not in its files list"
+                for section in ("model", "eval") if manifest[section]["file"] not in listed]
+    root = bundle.resolve()
+    for rel, meta in sorted(listed.items()):
+        p = bundle / rel
         try:
-            pid = int(p.name.split("partial-")[1].split("-")[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (ValueError, IndexError, PermissionError):
-            continue
+            if not p.resolve().is_relative_to(root):
+                problems.append(f"{rel}: path escapes the bundle")
+            elif sha256_file(p) != meta["sha256"]:
+                problems.append(f"{rel}: sha256 mismatch (file was modified)")
+        except FileNotFoundError:
+            problems.append(f"{rel}: missing")
+        except (UnsafeFile, OSError) as e:
+            problems.append(f"{rel}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
+    try:
+        entries = list(walk(bundle))
+    except OSError as e:
+        return [*problems, f"cannot list the bundle folder: {e.strerror or e}"]
+    folders = {rel.rsplit("/", 1)[0] for rel in listed if "/" in rel}  # an emptied one: its files are missing
+    for rel, kind in entries:
+        if kind == "file" and rel not in listed and rel != MANIFEST:
+            problems.append(f"{rel}: not listed in the manifest")
+        elif kind == "empty-dir" and rel not in folders:
+            problems.append(f"{rel}: an empty folder the manifest does not list")
+        elif kind not in ("file", "empty-dir") and rel not in listed:
+            problems.append(f"{rel}: {kind} the manifest does not list")
+    return problems
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _lock(out: Path) -> tuple[Path, int]:
+    """An exclusive lock on ``.NAME.lock`` beside ``out`` for one build; BundleError at once if another build
+    holds it. The file is removed when the build ends (:func:`_unlock`); a lock taken on a file that was
+    removed meanwhile is dropped and taken again on the new one."""
+    import fcntl
+
+    path = out.parent / f".{out.name}.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BundleError(f"another edgekit build{f' (pid {holder})' if holder else ''} is writing {out}; "
+                                  "wait for it to finish or choose another --out") from None
+            raise
+        if _identity(path) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            break
+        os.close(fd)  # the holder removed the file between our open and our lock: try the new one
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+    return path, fd
+
+
+def _unlock(lock: tuple[Path, int]) -> None:
+    path, fd = lock
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # while still holding it: a build waiting on this file sees it is gone and retries
+    os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_RENAME_SWAP = 2  # macOS sys/stdio.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step; False where the OS or file system cannot (then nothing changed)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+            rc = libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+        elif sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+            rc = libc.renamex_np(os.fsencode(a), os.fsencode(b), _RENAME_SWAP)
+        else:
+            return False
+    except OSError:  # no C library to load
+        return False
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Remove staging folders (and half-swapped old bundles) of builds whose process is gone."""
+    remove_if_owner_dead([*out.parent.glob(f".{out.name}.partial-*"), *out.parent.glob(f".{out.name}.old-*")],
+                         lambda name: name.split(".partial-" if ".partial-" in name else ".old-")[1].split("-")[0])
 
 
 def _fsync_dir(path: Path) -> None:

@@ -29,13 +29,23 @@ class Settings:
 
 
 class EdgekitGroup(click.Group):
+    """Maps EdgekitError to ``error: <one line>`` and its exit code, and SIGINT / SIGTERM / SIGHUP to a clean
+    stop with exit 128 + the signal number (130, 143, 129); see :mod:`edgekit.signals`."""
+
     def invoke(self, ctx: click.Context) -> Any:
+        from edgekit.signals import Interrupted, handle_signals
+
         try:
-            return super().invoke(ctx)
+            with handle_signals():
+                return super().invoke(ctx)
         except EdgekitError as e:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
             click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except Interrupted as e:
+            done = "it arrived as the last write finished, which is complete" if e.completed else "nothing was written"
+            click.echo(f"error: interrupted by {e.name}; {done}", err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
@@ -63,6 +73,17 @@ def _console(stderr: bool = False, file: Any = None):
     from rich.console import Console
 
     return Console(stderr=stderr, file=file, highlight=False)
+
+
+def _e(value: Any) -> str:
+    """Text from a file, a device or a user, made safe to print through rich (its [markup] is shown as is)."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
+def _num(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _registry(ctx: click.Context):
@@ -95,8 +116,8 @@ def profiles_list(ctx: click.Context, as_json: bool) -> None:
     table.columns[0].no_wrap = table.columns[2].no_wrap = True
     for p in items:
         src = "built-in" if reg.files[p.id].parent == BUILTIN_DIR else str(reg.files[p.id].parent)
-        table.add_row(p.id, p.name, f"{p.default.format}/{p.default.backend}\n{p.default.quant}",
-                      ",".join(cu.kind for cu in p.compute_units), p.transport, src)
+        table.add_row(p.id, _e(p.name), f"{p.default.format}/{p.default.backend}\n{p.default.quant}",
+                      ",".join(cu.kind for cu in p.compute_units), p.transport, _e(src))
     _console().print(table)
 
 
@@ -113,24 +134,24 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
     from rich.table import Table
 
     con = _console()
-    con.print(f"[bold]{p.name}[/] ({p.id}) — {p.soc}")
-    con.print(f"CPU: {p.cpu_cores} cores, {p.cpu}; memory {p.memory_gb:g} GB; {p.os}/{p.arch}; "
+    con.print(f"[bold]{_e(p.name)}[/] ({p.id}) — {_e(p.soc)}")
+    con.print(f"CPU: {p.cpu_cores} cores, {_e(p.cpu)}; memory {p.memory_gb:g} GB; {p.os}/{p.arch}; "
               f"transport {p.transport}")
     con.print(f"default: {p.default.format}/{p.default.backend}, quantization {p.default.quant}")
     units = Table("unit", "name", "format/backend", "precisions", "note")
     for cu, path in p.paths():
-        units.add_row(cu.kind, cu.name, f"{path.format}/{path.backend}", ", ".join(path.precisions), path.note)
+        units.add_row(cu.kind, _e(cu.name), f"{path.format}/{path.backend}", ", ".join(path.precisions), _e(path.note))
     con.print(units)
     if p.quantization:
         rules = Table("format/backend", "weights", "activations", "granularity", "I/O")
         for r in p.quantization:
-            rules.add_row(f"{r.format}/{r.backend}", r.weights, r.activations, r.granularity, r.io)
+            rules.add_row(*(_e(x) for x in (f"{r.format}/{r.backend}", r.weights, r.activations, r.granularity, r.io)))
         con.print(rules)
     b = p.budgets
     con.print(f"budgets: model <= {b.max_model_mb:g} MB, peak memory <= {b.max_peak_memory_mb:g} MB, "
               f"p90 latency <= {b.p90_latency_ms:g} ms, accuracy drop <= {b.max_accuracy_drop:g} points")
     if p.notes:
-        con.print(f"notes: {p.notes}")
+        con.print(f"notes: {_e(p.notes)}")
 
 
 # ---------------------------------------------------------------- build
@@ -216,7 +237,7 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
             result = run_build(profile, spec, plan, out, force=force, on_stage=on_stage)
         except EdgekitError:
             status.stop()
-            con.print(f"  [red]✗[/] {last[0]}" + (f" (library messages: {log})" if log else ""))
+            con.print(f"  [red]✗[/] {last[0]}" + (f" (library messages: {_e(_kept_log(log))})" if log else ""))
             raise
     con = _console()
     if as_json:
@@ -226,10 +247,10 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
 
 
 def _print_plan(con: Any, plan: Any, spec: Any, out: Path) -> None:
-    con.print(f"[bold]edgekit build[/] — project {spec.name!r} ({spec.file})")
+    con.print(f"[bold]edgekit build[/] — project {_e(repr(spec.name))} ({_e(spec.file)})")
     for label, value in plan.describe():
-        con.print(f"  {label:<17} {value}")
-    con.print(f"  {'bundle':<17} {out}")
+        con.print(f"  {label:<17} {_e(value)}")
+    con.print(f"  {'bundle':<17} {_e(out)}")
 
 
 def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
@@ -266,13 +287,13 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
              else f"accuracy drop {v.accuracy_drop:.2f} <= {v.max_accuracy_drop:g} points")
     con.print(f"  passed: {check}; latency is this host's (batch {v.host_latency_ms['batch']}), not the device's")
     for w in result.warnings:
-        con.print(f"  [yellow]warning[/]: {w}")
+        con.print(f"  [yellow]warning[/]: {_e(w)}")
     if size_mb > profile.budgets.max_model_mb:
         con.print(f"  [yellow]warning[/]: model is {size_mb:.1f} MB, over {profile.id}'s budget of "
                   f"{profile.budgets.max_model_mb:g} MB")
-    con.print(f"bundle: [bold]{result.bundle}[/] (built in {seconds:.1f} s)")
-    con.print(f"  run it:   python -m edgekit_runner {result.bundle}")
-    con.print(f"  check it: edgekit inspect {result.bundle}")
+    con.print(f"bundle: [bold]{_e(result.bundle)}[/] (built in {seconds:.1f} s)")
+    con.print(f"  run it:   python -m edgekit_runner {_e(result.bundle)}")
+    con.print(f"  check it: edgekit inspect {_e(result.bundle)}")
 
 
 def _print_sensitivity(con: Any, report: Any) -> None:
@@ -283,9 +304,9 @@ def _print_sensitivity(con: Any, report: Any) -> None:
     for s in report.layers:
         sqnr = "exact" if s.sqnr_db is None else f"{s.sqnr_db:.1f} dB"
         keep = "[yellow]fp32[/]" if s.precision == "fp32" else "int8"
-        table.add_row(s.name, s.kind, f"{s.params:,}", f"{s.metric:.2%}", f"{s.drop_points:+.2f}", sqnr, keep)
+        table.add_row(_e(s.name), s.kind, f"{s.params:,}", f"{s.metric:.2%}", f"{s.drop_points:+.2f}", sqnr, keep)
     con.print(table)
-    chosen = ", ".join(report.float_layers) or "none"
+    chosen = _e(", ".join(report.float_layers) or "none")
     con.print(f"  fp32 {report.fp32_metric:.2%}; every layer int8 {report.int8_metric:.2%}; mixed "
               f"{report.mixed_metric:.2%} with float layers: {chosen} (+{report.float_cost_bytes / 1024:.1f} KiB); "
               f"budget {report.budget_points:g} points; {report.evaluations} simulated evaluations")
@@ -309,17 +330,23 @@ def _native_output_to_log(debug: bool) -> Iterator[tuple[str | None, Any]]:
     if debug or fds != (1, 2):
         yield None, None
         return
-    fd, log = tempfile.mkstemp(prefix="edgekit-build-", suffix=".log")
+    from edgekit.pipeline import LOG_PREFIX  # (imports torch; only builds get here)
+
+    fd, log = tempfile.mkstemp(prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log")
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
     terminal = (os.fdopen(os.dup(saved[0]), "w", buffering=1), os.fdopen(os.dup(saved[1]), "w", buffering=1))
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-    ok = False
+    keep = False
     try:
         yield log, terminal
-        ok = True
+    except KeyboardInterrupt:  # interrupted: nothing is kept
+        raise
+    except BaseException:
+        keep = True  # an error: its message points at the log
+        raise
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -329,8 +356,19 @@ def _native_output_to_log(debug: bool) -> Iterator[tuple[str | None, Any]]:
         os.dup2(saved[1], 2)
         for f in (*saved, fd):
             os.close(f)
-        if ok:
+        if keep:
+            os.replace(log, _kept_log(log))
+        else:
             os.unlink(log)
+
+
+def _kept_log(log: str) -> str:
+    """Where a failed build's log is kept: out of the pattern of a running build's log (``edgekit-build-PID-``),
+    so that a later build, removing the logs of builds that died, leaves it for the user."""
+    from edgekit.pipeline import LOG_PREFIX
+
+    folder, name = os.path.split(log)
+    return os.path.join(folder, name.replace(LOG_PREFIX, f"{LOG_PREFIX}failed-", 1))
 
 
 # ---------------------------------------------------------------- quantize-report
@@ -383,7 +421,7 @@ def quantize_report(ctx: click.Context, device: str, project: Path | None, calib
         click.echo(json.dumps({"network": network, **report.to_dict()}, indent=2))
         return
     out = _console()
-    out.print(f"analysed: {network}")
+    out.print(f"analysed: {_e(network)}")
     _print_sensitivity(out, report)
 
 
@@ -401,20 +439,20 @@ def inspect(bundle: Path, as_json: bool) -> None:
         click.echo(json.dumps({"manifest": manifest, "problems": problems}, indent=2, sort_keys=True))
     else:
         con = _console()
-        m, v = manifest["model"], manifest.get("validation", {})
-        con.print(f"[bold]{bundle}[/] — {manifest['profile']['name']} ({manifest['profile']['id']}), "
-                  f"built {manifest['created_at']}")
-        con.print(f"  model       {m['file']}: {m['format']}/{m['backend']} {m['precision']}, {m['bytes']} bytes")
-        con.print("  inputs      " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in m["inputs"]))
-        con.print("  outputs     " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in m["outputs"]))
+        m, v = manifest["model"], manifest.get("validation") or {}
+        con.print(f"[bold]{_e(bundle)}[/] — {_e(manifest['profile']['name'])} ({_e(manifest['profile']['id'])}), "
+                  f"built {_e(manifest['created_at'])}")
+        con.print(_e(f"  model       {m['file']}: {m['format']}/{m['backend']} {m['precision']}, {m['bytes']} bytes"))
+        con.print(_e("  inputs      " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in m["inputs"])))
+        con.print(_e("  outputs     " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in m["outputs"])))
         if v:
-            con.print(f"  validation  {v['where']} ({v['runtime'].get('runtime')} {v['runtime'].get('version')}): "
-                      f"max abs err {v['max_abs_error']:.2e}, top-1 agreement {v['top1_agreement']:.1%}, "
-                      f"{v['metric']} {v['value']:.2%}")
-        con.print("  versions    " + ", ".join(f"{k} {val}" for k, val in manifest.get("versions", {}).items()))
-        con.print(f"  files       {len(manifest.get('files', {}))} listed")
+            con.print(_e(f"  validation  {v['where']} ({v['runtime'].get('runtime')} {v['runtime'].get('version')}): "
+                         f"max abs err {_num(v.get('max_abs_error'), '.2e')}, top-1 agreement "
+                         f"{_num(v.get('top1_agreement'), '.1%')}, {v.get('metric')} {_num(v.get('value'), '.2%')}"))
+        con.print(_e("  versions    " + ", ".join(f"{k} {val}" for k, val in manifest.get("versions", {}).items())))
+        con.print(f"  files       {len(manifest['files'])} listed")
         for p in problems:
-            con.print(f"  [red]✗[/] {p}")
+            con.print(f"  [red]✗[/] {_e(p)}")
         if not problems:
             con.print("  [green]✓[/] every file matches its sha256")
     if problems:
@@ -429,9 +467,29 @@ from edgekit.distill.cli import distill_command  # noqa: E402 (light: click only
 
 
 def _store_report(report: dict, manifest: dict) -> None:
+    """``edgekit bench``'s hook: store the run; if it cannot be stored (an unusable results store, a report
+    the store refuses), keep the report in a file and say where, so the run is not lost."""
+    from edgekit.fsutil import write_bytes_atomic
+    from edgekit.results import ResultsError
     from edgekit.results.store import ResultsStore
 
-    ResultsStore().add(report, manifest=manifest)
+    try:
+        ResultsStore().add(report, manifest=manifest)
+    except ResultsError as e:
+        from edgekit_runner.safejson import finite
+
+        run_id = "".join(c for c in str(report.get("run_id", "unknown")) if c.isalnum())[:64] or "unknown"
+        text = json.dumps(finite(report), indent=2, sort_keys=True, allow_nan=False).encode()
+        for folder in (Path.cwd(), Path(tempfile.gettempdir())):
+            kept = folder / f"edgekit-report-{run_id}.json"
+            try:
+                write_bytes_atomic(kept, text)
+                break
+            except OSError:
+                continue
+        else:
+            raise ResultsError(f"the run was not stored: {e}") from None
+        raise ResultsError(f"the run was not stored: {e}; the report is kept in {kept}") from None
 
 
 cli.add_command(serve)

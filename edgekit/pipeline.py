@@ -13,6 +13,7 @@ and validated against PyTorch (it is the baseline a quantized artifact is compar
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import shutil
 import tempfile
@@ -26,12 +27,15 @@ from typing import Any
 import numpy as np
 
 import edgekit
+from edgekit import signals
 from edgekit.bundle import SCHEMA_VERSION, BundleWriter
 from edgekit.export import EXPORTERS
 from edgekit.export.base import subdir
+from edgekit.fsutil import remove_if_owner_dead
 from edgekit.plan import Plan
 from edgekit.profiles import DeviceProfile
-from edgekit.project import ProjectSpec, load_data, load_model
+from edgekit.errors import ProjectError
+from edgekit.project import ProjectSpec, load_data, load_model, model_outputs
 from edgekit.quantize.schemes import Int8QAT, Mixed, scheme_from_dict
 from edgekit.train import LossFn, cross_entropy, pt2e_qat_trainer
 from edgekit.validate import ValidationResult, validate
@@ -40,6 +44,8 @@ VERSIONED = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntim
              "ai-edge-litert", "numpy")
 
 StageCallback = Callable[[str, str], None]
+WORK_PREFIX = "edgekit-work-"  # + pid: the build's scratch folder in the temp directory
+LOG_PREFIX = "edgekit-build-"  # + pid: the CLI's log of library output (edgekit.cli)
 
 
 @dataclass
@@ -64,6 +70,13 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+def remove_dead_temp() -> None:
+    """Remove scratch folders and logs that builds killed outright (SIGKILL, power loss) left in the temp dir."""
+    tmp = Path(tempfile.gettempdir())
+    remove_if_owner_dead([*tmp.glob(f"{WORK_PREFIX}*"), *tmp.glob(f"{LOG_PREFIX}*.log")],
+                         lambda name: name.split("-")[2])
+
+
 def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, force: bool = False,
           on_stage: StageCallback = lambda stage, detail: None) -> BuildResult:
     """Run the plan and write the bundle to ``out`` atomically. Raises EdgekitError subclasses.
@@ -75,6 +88,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
 
     def stage(name: str, detail: str) -> None:
         """Start stage ``name``; calling it again with the same name only updates the detail."""
+        signals.checkpoint()  # an interrupt swallowed where it landed (a GC callback) stops the build here
         now = time.perf_counter()
         if current and current[0] == name:
             on_stage(name, detail)
@@ -86,11 +100,15 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
 
     exporter = EXPORTERS[plan.format]
     inp = project.inputs[0]
-    with BundleWriter(out, force) as writer, tempfile.TemporaryDirectory(prefix="edgekit-work-") as work:
+    remove_dead_temp()
+    with BundleWriter(out, force) as writer, \
+            tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as work:
         stage("load", f"data and model of project {project.name!r}")
         torch.manual_seed(project.seed)
         splits = load_data(project)
         model = load_model(project)
+        ev = splits["eval"]
+        reference = reference_outputs(model, ev, project)  # checks the model entry before any training
         teacher, distilled, warnings = None, None, []
         if plan.distill:
             from edgekit.distill.project import distill_for_build
@@ -108,9 +126,8 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
             from edgekit.quantize.sensitivity import check_layer_names
 
             check_layer_names(model, tuple(plan.quant_scheme["float_layers"]))
-        ev = splits["eval"]
-        with torch.no_grad():
-            reference = _as_numpy_list(model(torch.from_numpy(ev.x)))
+        if plan.distill:
+            reference = reference_outputs(model, ev, project)
         output_names = _output_names(project, len(reference))
         example = (torch.from_numpy(ev.x[: inp.shape[0]]).clone(memory_format=torch.contiguous_format),)
 
@@ -229,14 +246,15 @@ def _qat_loss(teacher: Any, distilled: dict[str, Any] | None) -> tuple[str, Loss
     return "hinton-kd", kd_loss_fn(teacher, distilled["loss"])
 
 
-def _as_numpy_list(out: Any) -> list[np.ndarray]:
-    import torch
-
-    if isinstance(out, torch.Tensor):
-        return [out.detach().numpy()]
-    if isinstance(out, (list, tuple)):
-        return [t.detach().numpy() for t in out]
-    raise TypeError(f"model returned {type(out).__name__}; expected a tensor or a tuple of tensors")
+def reference_outputs(model: Any, split: Any, project: ProjectSpec) -> list[np.ndarray]:
+    """The PyTorch model's outputs on ``split``: the reference every export is compared with (checked by
+    :func:`edgekit.project.model_outputs`; for a classifier, one score per class the labels can index)."""
+    arrays = model_outputs(model, split.x, f"the model ({project.model.entry})")
+    classes = int(np.prod(arrays[0].shape[1:]))
+    if project.task.kind == "classification" and split.y.size and split.y.max() >= classes:
+        raise ProjectError(f"label {int(split.y.max())} in the eval split, but the model ({project.model.entry}) "
+                           f"scores {classes} classes")
+    return arrays
 
 
 def _output_names(project: ProjectSpec, n: int) -> list[str]:

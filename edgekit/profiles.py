@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -23,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekit.errors import ProfileError
+from edgekit.fsutil import read_toml
 
 SCHEMA_VERSION = 1
 PROFILES_ENV = "EDGEKIT_PROFILES_DIR"
@@ -180,12 +180,7 @@ class ProfileRegistry:
 
 def parse_profile_file(path: Path) -> DeviceProfile:
     """Read and validate one profile file; errors name the file and the field."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ProfileError(f"{path}: not valid TOML: {e}") from None
-    except OSError as e:
-        raise ProfileError(f"{path}: cannot read: {e.strerror}") from None
+    data = read_toml(path, ProfileError)
     if data.get("schema_version") not in (None, SCHEMA_VERSION) and isinstance(data.get("schema_version"), int):
         raise ProfileError(
             f"{path}: schema_version {data['schema_version']} is not supported by this edgekit "
@@ -207,7 +202,9 @@ def describe_validation_error(e: ValidationError) -> str:
     msg = err["msg"]
     if err["type"] == "missing":
         return f"field '{where}' is missing"
-    extra = f" (got {err['input']!r})" if err["type"] != "extra_forbidden" and not isinstance(err["input"], dict) else ""
+    given = repr(err["input"])
+    given = given if len(given) <= 80 else given[:77] + "..."
+    extra = f" (got {given})" if err["type"] != "extra_forbidden" and not isinstance(err["input"], dict) else ""
     more = f" [and {e.error_count() - 1} more problem(s)]" if e.error_count() > 1 else ""
     return f"field '{where}': {msg}{extra}{more}"
 

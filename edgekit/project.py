@@ -31,6 +31,13 @@
 Paths are relative to the folder holding edgekit.toml. The model entry returns
 an ``nn.Module``; the data entry returns ``{"train": (x, y), "calib": (x, y),
 "eval": (x, y)}`` of numpy arrays.
+
+What is trusted: ``edgekit.toml`` and its entries are code you run, like a Makefile: an entry may be
+any Python file (also outside the project folder) or module, and edgekit imports and calls it.
+What is not: the files an entry or the project names as data -- weights are read as safetensors, or
+as a torch state_dict with ``weights_only=True``; a pickle that would run code is refused
+(:class:`~edgekit.errors.UnsafeFileError`). What an entry returns is checked (types, shapes, finite
+values) and an entry that raises is reported in one line naming the entry.
 """
 
 from __future__ import annotations
@@ -40,17 +47,17 @@ import importlib.util
 import inspect
 import pickle
 import sys
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekit.distill.project import DistillSpec
 from edgekit.errors import ProjectError, UnsafeFileError
+from edgekit.fsutil import read_toml
 from edgekit.profiles import describe_validation_error
 
 PROJECT_FILE = "edgekit.toml"
@@ -77,24 +84,34 @@ class TaskSpec(_Frozen):
 
 
 class InputSpec(_Frozen):
-    name: str = "input"
-    shape: tuple[int, ...] = Field(min_length=1)
+    name: str = Field(default="input", min_length=1, max_length=200)
+    shape: tuple[Annotated[int, Field(ge=1, le=1 << 31)], ...] = Field(
+        min_length=1, max_length=8, description="the static export shape, batch first; every size >= 1")
     dtype: Literal["float32"] = "float32"
 
 
 class ProjectSpec(_Frozen):
     schema_version: Literal[1] = 1
     name: str
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     task: TaskSpec
     model: ModelSpec
     teacher: ModelSpec | None = None
     distill: DistillSpec | None = None  # settings of the distill stage; defaults apply when absent
     data: DataSpec
     inputs: tuple[InputSpec, ...] = Field(min_length=1, max_length=1)
-    outputs: tuple[str, ...] = ("output",)
+    outputs: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = ("output",)
     root: Path = Path(".")
     file: Path = Path(PROJECT_FILE)
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> ProjectSpec:
+        names = [*self.outputs, *(i.name for i in self.inputs)]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"input and output names must be unique; {', '.join(map(repr, repeated))} "
+                             "appears more than once")
+        return self
 
     @model_validator(mode="after")
     def _distill_needs_a_teacher(self) -> ProjectSpec:
@@ -110,10 +127,7 @@ def load_project(path: str | Path | None = None) -> ProjectSpec:
     file = p / PROJECT_FILE if p.is_dir() else p
     if not file.is_file():
         raise ProjectError(f"no project file at {file}; create {PROJECT_FILE} or pass --project PATH")
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ProjectError(f"{file}: not valid TOML: {e}") from None
+    data = read_toml(file, ProjectError)
     try:
         return ProjectSpec.model_validate({**data, "root": file.parent.resolve(), "file": file.resolve()})
     except ValidationError as e:
@@ -136,17 +150,18 @@ def resolve_entry(project: ProjectSpec, entry: str, what: str) -> Callable[..., 
             try:
                 sys.modules[mod_name] = module
                 spec.loader.exec_module(module)
-            except Exception as e:
+            except (Exception, SystemExit) as e:
                 sys.modules.pop(mod_name, None)
-                raise ProjectError(f"{what} entry {entry!r}: importing {file} failed: {type(e).__name__}: {e}") from e
+                raise ProjectError(f"{what} entry {entry!r}: importing {file} failed: {_one_line(e)}") from e
             finally:
                 sys.path.remove(str(file.parent))
     else:
         sys.path.insert(0, str(project.root))
         try:
             module = importlib.import_module(target)
-        except ImportError as e:
-            raise ProjectError(f"{project.file}: {what} entry {entry!r}: cannot import module {target!r}: {e}") from None
+        except (Exception, SystemExit) as e:
+            raise ProjectError(f"{project.file}: {what} entry {entry!r}: cannot import module {target!r}: "
+                               f"{_one_line(e)}") from e
         finally:
             sys.path.remove(str(project.root))
     func = getattr(module, func_name, None)
@@ -155,6 +170,21 @@ def resolve_entry(project: ProjectSpec, entry: str, what: str) -> Callable[..., 
         raise ProjectError(f"{project.file}: {what} entry {entry!r}: {target} has no function {func_name!r}"
                            f" (functions there: {', '.join(names) or 'none'})")
     return func
+
+
+def call_entry(project: ProjectSpec, entry: str, what: str) -> Any:
+    """Import and call an entry point; whatever it raises becomes one ProjectError line naming the entry
+    (``--debug`` shows the traceback)."""
+    func = resolve_entry(project, entry, what)
+    try:
+        return func()
+    except (Exception, SystemExit) as e:
+        raise ProjectError(f"{project.file}: {what} entry {entry!r} raised {_one_line(e)}") from e
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
 
 
 def pickle_globals(path: Path) -> list[str]:
@@ -191,23 +221,81 @@ class Split:
 
 
 def load_data(project: ProjectSpec) -> dict[str, Split]:
-    """Call the data entry and check its splits against the declared input."""
-    raw = resolve_entry(project, project.data.entry, "data")()
+    """Call the data entry and check its splits against the declared input: numeric arrays of the declared
+    sample shape, finite, with as many integer class labels (a 1-D array) as samples."""
+    raw = call_entry(project, project.data.entry, "data")
+    entry = f"data entry {project.data.entry!r}"
     if not isinstance(raw, dict) or set(SPLITS) - set(raw):
-        raise ProjectError(f"data entry {project.data.entry!r} must return a dict with keys {', '.join(SPLITS)}")
+        raise ProjectError(f"{entry} must return a dict with keys {', '.join(SPLITS)}; it returned "
+                           f"{_describe(raw)}")
     inp = project.inputs[0]
     splits = {}
     for name in SPLITS:
-        x, y = (np.asarray(a) for a in raw[name])
-        if x.shape[1:] != tuple(inp.shape[1:]):
+        pair = raw[name]
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ProjectError(f"{entry}: split {name!r} must be a pair (inputs, labels); got {_describe(pair)}")
+        x, y = (_array(a, f"{entry}: split {name!r} {part}") for a, part in zip(pair, ("inputs", "labels")))
+        if x.shape[1:] != tuple(inp.shape[1:]) or x.ndim != len(inp.shape):
             raise ProjectError(f"data split {name!r}: samples have shape {x.shape[1:]}, but input "
                                f"{inp.name!r} is declared as {tuple(inp.shape)} (batch first)")
         if len(x) != len(y) or len(x) == 0:
             raise ProjectError(f"data split {name!r}: {len(x)} inputs and {len(y)} labels; need as many, at least one")
+        if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or
+                               (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
+            raise ProjectError(f"data split {name!r}: labels must be a 1-D array of integer class indices; got "
+                               f"{y.dtype} of shape {y.shape}")
+        if y.size and y.min() < 0:
+            raise ProjectError(f"data split {name!r}: label {int(y.min())} is negative; class indices start at 0")
+        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+        if bad.size:
+            raise ProjectError(f"data split {name!r}: sample {int(bad[0])} has NaN or infinite values "
+                               f"({bad.size} such samples); clean the data")
         # A fresh C-order copy: standard strides even on size-1 axes (numpy keeps odd ones from
         # x[:, None]; torch.export reads them as a channels-last dim order and XNNPACK then fails).
         splits[name] = Split(np.array(x, dtype=inp.dtype, order="C"), np.array(y, dtype=np.int64))
     return splits
+
+
+def _array(value: Any, what: str) -> np.ndarray:
+    """A numeric numpy array, or ProjectError saying why not (ragged lists, strings, objects)."""
+    try:
+        a = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise ProjectError(f"{what} cannot be an array: {_one_line(e)}") from None
+    if a.dtype.kind not in "biuf" or a.ndim == 0:
+        raise ProjectError(f"{what} must be a numeric array with a batch axis; got {_describe(value)}"
+                           + (f" ({a.dtype})" if a.dtype.kind in "OUSV" else ""))
+    return a
+
+
+def _describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return f"{type(value).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
+
+
+def model_outputs(model: Any, x: np.ndarray, what: str) -> list[np.ndarray]:
+    """A user's model run on ``x`` in eval mode without gradients, as numpy arrays, checked: it must return a
+    tensor or a tuple/list of tensors, each with the batch first and finite. A model that raises or returns
+    anything else is a ProjectError (one line naming ``what``)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            out = model(torch.from_numpy(x))
+    except Exception as e:
+        raise ProjectError(f"{what} failed on inputs of shape {tuple(x.shape)}: {_one_line(e)}") from e
+    outputs = [out] if isinstance(out, torch.Tensor) else list(out) if isinstance(out, (list, tuple)) else None
+    if not outputs or not all(isinstance(t, torch.Tensor) for t in outputs):
+        raise ProjectError(f"{what} returned {type(out).__name__}; it must return a tensor or a tuple of tensors "
+                           "(wrap a model that returns a dict or an object so that forward returns tensors)")
+    arrays = [t.detach().numpy() for t in outputs]
+    for i, a in enumerate(arrays):
+        if a.ndim == 0 or a.shape[0] != len(x):
+            raise ProjectError(f"{what}: output {i} has shape {a.shape} for {len(x)} samples; outputs must have "
+                               "the batch first")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ProjectError(f"{what}: output {i} has NaN or infinite values")
+    return arrays
 
 
 def load_model(project: ProjectSpec, spec: ModelSpec | None = None, what: str = "model") -> Any:
@@ -215,7 +303,7 @@ def load_model(project: ProjectSpec, spec: ModelSpec | None = None, what: str = 
     import torch
 
     spec = spec or project.model
-    model = resolve_entry(project, spec.entry, what)()
+    model = call_entry(project, spec.entry, what)
     if not isinstance(model, torch.nn.Module):
         raise ProjectError(f"{what} entry {spec.entry!r} returned {type(model).__name__}, not a torch.nn.Module")
     if spec.weights:

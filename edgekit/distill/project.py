@@ -87,12 +87,12 @@ def load_student(project: Any, settings: DistillSpec, seed: int, model: Any = No
     import torch
 
     from edgekit.distill.api import fresh_student
-    from edgekit.project import load_model, resolve_entry
+    from edgekit.project import call_entry, load_model
 
     if settings.student is None:
         return fresh_student(model if model is not None else load_model(project), seed)
     torch.manual_seed(seed)
-    student = resolve_entry(project, settings.student, "distill student")()
+    student = call_entry(project, settings.student, "distill student")
     if not isinstance(student, torch.nn.Module):
         raise DistillError(f"distill student entry {settings.student!r} returned {type(student).__name__}, "
                            "not a torch.nn.Module")
@@ -107,7 +107,7 @@ def distill_project(project: Any, settings: DistillSpec, out_dir: Path | None = 
     ``model`` (the [model] entry's network) are reused when the caller has loaded them.
     ``on_stage(name, detail)`` hears about the slow loading steps before training starts."""
     from edgekit.distill.api import distill
-    from edgekit.project import load_data, load_model
+    from edgekit.project import load_data, load_model, model_outputs
 
     settings.check()
     if project.teacher is None:
@@ -120,8 +120,10 @@ def distill_project(project: Any, settings: DistillSpec, out_dir: Path | None = 
         splits = load_data(project)
     say("teacher", project.teacher.entry)
     teacher = load_model(project, project.teacher, "teacher")
+    model_outputs(teacher, splits["eval"].x[:2], f"the teacher ({project.teacher.entry})")
     say("student", student_description(project, settings))
     student = load_student(project, settings, seed, model)
+    model_outputs(student, splits["eval"].x[:2], f"the distill student ({student_description(project, settings)})")
     return distill(student, teacher, splits, seed=seed, device=device, out_dir=out_dir, resume=resume,
                    select_split="calib", on_progress=on_progress, **settings.distill_kwargs())
 

@@ -14,6 +14,7 @@ This module is stdlib only so that the CLI can import the package at start-up.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from edgekit.errors import EdgekitError
@@ -31,3 +32,32 @@ def edgekit_home() -> Path:
     """``$EDGEKIT_HOME`` if set (and not empty), else ``~/.edgekit``. Not created here."""
     value = os.environ.get(HOME_ENV, "").strip()
     return Path(value).expanduser() if value else Path.home() / ".edgekit"
+
+
+def private_dir(path: Path, what: str, follow: bool = True) -> Path:
+    """``path`` as a folder only this user can change: created (0700) if missing; refused (ResultsError) if it
+    is not a folder, belongs to another user, or others may write to it -- a report, a token or a rejected body
+    kept there could then be read, replaced or redirected. ``follow=False`` also refuses a symbolic link
+    (for folders inside the home, where a planted link would send writes and deletions elsewhere)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat() if follow else path.lstat()
+    except OSError as e:
+        raise ResultsError(f"cannot use {path} as the {what}: {e.strerror or e}; set {HOME_ENV} to a folder "
+                           "you own") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ResultsError(f"the {what} {path} is a symbolic link; refusing to write through it (remove it)")
+    if not stat.S_ISDIR(st.st_mode):
+        raise ResultsError(f"the {what} {path} is not a folder; set {HOME_ENV} to a folder you own")
+    if st.st_uid != os.getuid():
+        raise ResultsError(f"the {what} {path} belongs to another user (uid {st.st_uid}); set {HOME_ENV} to a "
+                           "folder you own")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ResultsError(f"the {what} {path} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                           f"run `chmod go-w {path}`")
+    return path
+
+
+def checked_home() -> Path:
+    """:func:`edgekit_home`, created if missing and checked with :func:`private_dir`."""
+    return private_dir(edgekit_home(), f"edgekit home (${HOME_ENV})")

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from edgekit.results import ResultsError
+from edgekit_runner.safejson import finite
 
 DEFAULT_PORT = 8765
 
@@ -87,10 +87,12 @@ def results(device: str | None, bundle: str | None, limit: int, compare: tuple[s
         bundle = model_sha256(_manifest(Path(bundle))) or bundle
     runs = store.list_runs(device=device, bundle=bundle, limit=limit)
     if as_json:
-        click.echo(json.dumps([dict(r.summary(), report=r.report) for r in runs], indent=2))
+        click.echo(json.dumps(finite([dict(r.summary(), report=r.report) for r in runs]), indent=2,
+                              allow_nan=False))
         return
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     if not runs:
@@ -101,11 +103,11 @@ def results(device: str | None, bundle: str | None, limit: int, compare: tuple[s
                   "accuracy", box=box.SIMPLE_HEAD, caption=f"{len(runs)} run(s) in {store.path}")
     for i in (0, 4, 5, 6, 7):  # ids, statuses and figures are never cut; names wrap
         table.columns[i].no_wrap = True
-    for r in runs:
-        table.add_row(r.run_id[:8], r.created_at[:16].replace("T", " "),
-                      f"{r.profile or '?'} on {r.device_id or '?'}",
-                      f"{r.format or '?'}/{r.backend or '?'} {r.precision or ''}".strip(),
-                      r.status if r.status == "OK" else f"[red]{r.status}[/]",
+    for r in runs:  # every stored string came from a device: shown as text, never as rich markup
+        table.add_row(r.run_id[:8], escape(r.created_at[:16].replace("T", " ")),
+                      escape(f"{r.profile or '?'} on {r.device_id or '?'}"),
+                      escape(f"{r.format or '?'}/{r.backend or '?'} {r.precision or ''}".strip()),
+                      escape(r.status) if r.status == "OK" else f"[red]{escape(r.status)}[/]",
                       _fmt(r.latency_p50_ms, ".3f"), _fmt(r.latency_p90_ms, ".3f"), _fmt(r.accuracy, ".2%"))
     Console(highlight=False).print(table)
 
@@ -113,8 +115,8 @@ def results(device: str | None, bundle: str | None, limit: int, compare: tuple[s
 def _print_compare(store: Any, run_a: str, run_b: str, as_json: bool) -> None:
     rows = store.compare(run_a, run_b)
     if as_json:
-        click.echo(json.dumps([{"metric": d.metric, "before": d.before, "after": d.after, "delta": d.delta,
-                                "change_pct": d.change_pct} for d in rows], indent=2))
+        click.echo(json.dumps(finite([{"metric": d.metric, "before": d.before, "after": d.after, "delta": d.delta,
+                                       "change_pct": d.change_pct} for d in rows]), indent=2, allow_nan=False))
         return
     from rich.console import Console
     from rich.table import Table
@@ -133,11 +135,9 @@ def _print_compare(store: Any, run_a: str, run_b: str, as_json: bool) -> None:
 
 
 def _manifest(bundle: Path) -> dict[str, Any]:
-    path = bundle / "manifest.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ResultsError(f"cannot read the bundle manifest {path}: {e}; pass a bundle folder") from None
+    from edgekit.bundle import read_manifest
+
+    return read_manifest(bundle)
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -13,10 +13,10 @@ knows (:data:`SUPPORTED_VERSIONS`); any other is refused with a message that say
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+from edgekit_runner import safejson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.results import ResultsError
@@ -29,9 +29,23 @@ class ReportInvalid(ResultsError):
     """A report is not JSON, or not a report of a schema version this host knows (the collector answers 400)."""
 
 
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+MAX_AHEAD = timedelta(days=1)
+
+
 def _aware_iso_time(value: str) -> str:
-    if datetime.fromisoformat(value).tzinfo is None:  # ValueError if not ISO 8601 at all
-        raise ValueError("must be an ISO 8601 time with a time zone, e.g. 2026-01-31T12:00:00+00:00")
+    """An ISO 8601 time with a time zone, between 2000 and a day ahead of this host's clock (a device
+    whose clock is that far off would put its runs out of order for good)."""
+    try:
+        when = datetime.fromisoformat(value)
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise ValueError("no time zone")
+        when = when.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError("must be an ISO 8601 time with a time zone, e.g. 2026-01-31T12:00:00+00:00") from None
+    if not EARLIEST <= when <= datetime.now(UTC) + MAX_AHEAD:
+        raise ValueError(f"{when.isoformat(timespec='seconds')} is not a plausible time for a run (expected "
+                         f"after {EARLIEST.year} and at most a day ahead of this host's clock); set the device's clock")
     return value
 
 
@@ -75,13 +89,15 @@ class RunReport(BaseModel):
 
 def parse_report(data: bytes | str | dict[str, Any]) -> RunReport:
     """Validate a report (raw JSON or an already decoded dict); raise ReportInvalid saying what is wrong."""
+    try:
+        if isinstance(data, dict):
+            safejson.check(data, "report")
+        else:
+            data = safejson.loads(data, "report")
+    except safejson.JsonError as e:
+        raise ReportInvalid(str(e)) from None
     if not isinstance(data, dict):
-        try:
-            data = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ReportInvalid(f"report is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise ReportInvalid(f"report must be a JSON object, got {type(data).__name__}")
+        raise ReportInvalid(f"report must be a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
     if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
         raise ReportInvalid(f"report schema_version {version!r} is not supported by this edgekit "

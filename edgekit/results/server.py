@@ -33,6 +33,8 @@ import contextlib
 import itertools
 import json
 import logging
+import re
+import socket
 import sys
 import threading
 import time
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.fsutil import write_bytes_atomic
-from edgekit.results import ResultsError, edgekit_home
+from edgekit.results import ResultsError, checked_home, edgekit_home, private_dir
 from edgekit.results.schema import SUPPORTED_VERSIONS, ReportInvalid, parse_report
 from edgekit.results.signing import MAX_SKEW_S, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, ensure_token, verify
 from edgekit.results.store import ResultsStore, model_sha256
@@ -53,7 +55,11 @@ HEALTH_PATH = "/api/v1/health"
 MAX_BODY = 1 << 20
 MAX_REJECTED = 100
 DRAIN_LIMIT = 16 << 20  # an oversized body up to this is read and dropped, so the client sees the 413
-READ_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 10.0  # one read or write on a connection
+REQUEST_DEADLINE_S = 30.0  # a whole request, however slowly it trickles in
+MAX_HANDLERS = 64  # requests handled at once; more get an immediate 503 (the uploader retries)
+LISTEN_BACKLOG = 128  # connections the kernel queues before accept (socketserver's default is 5)
+_BUSY = json.dumps({"error": "the collector is handling as many requests as it takes; retry shortly"}).encode()
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +111,11 @@ class Collector:
     def keep_aside(self, body: bytes, reason: str) -> str | None:
         """Write a rejected body to ``rejected_dir`` (oldest beyond ``max_rejected`` removed); its file name."""
         try:
-            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.rejected_dir, "folder for rejected reports", follow=False)
+        except ResultsError as e:
+            log.warning("not keeping a rejected body: %s", e)
+            return None
+        try:
             with self._lock:
                 stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
                 path = self.rejected_dir / f"{stamp}-{next(self._counter)}.body"
@@ -151,7 +161,7 @@ class _Handler(BaseHTTPRequestHandler):
         if length is None:
             self._reply(411, {"error": "Content-Length is required (chunked bodies are not accepted)"})
             return
-        if not length.strip().isdigit():
+        if not re.fullmatch(r"[0-9]{1,15}", length.strip()):  # str.isdigit() also takes "²" and "٣"
             self._reply(400, {"error": f"Content-Length {length[:40]!r} is not a byte count"})
             return
         size = int(length)
@@ -179,14 +189,30 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: int, answer: dict[str, Any]) -> None:
         """Log the request's one line (before answering: the client may act on the answer at once), then answer."""
         note = answer.get("error") or answer.get("message") or ""
-        log.info('%s "%s %s" %d %s %s %s', self.client_address[0], self.command, self.path, status,
-                 self.headers.get("Content-Length", "-"), answer.get("run_id") or "-", note)
+        headers = getattr(self, "headers", None)  # absent when the request line itself was refused
+        log.info('%s "%s %s" %d %s %s %s', self.client_address[0], self.command, str(getattr(self, "path", "-"))[:200],
+                 status, headers.get("Content-Length", "-") if headers else "-", answer.get("run_id") or "-", note)
         payload = json.dumps(answer).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        if self.request_version == "HTTP/0.9":  # a bare "GET /path": answered like HTTP/1.0, with a status line
+            self.request_version = "HTTP/1.0"
+        return ok
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (a bad request line, HTTP/2+, a line or headers too long, an unknown
+        method) as JSON like every other answer, always with a status line (http.server writes a bare HTML
+        body to a request it took for HTTP/0.9)."""
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        self.close_connection = True
+        self._reply(code, {"error": message or self.responses.get(code, ("error",))[0]})
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
         """Replaced by the one line :meth:`_reply` logs."""
@@ -196,18 +222,78 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per request, at most :data:`MAX_HANDLERS` at once (the next ones are answered 503 at
+    once, without reading them), a listen backlog of :data:`LISTEN_BACKLOG`, and a watchdog that closes
+    any connection still open :data:`REQUEST_DEADLINE_S` after it was accepted."""
+
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
     collector: Collector
+
+    def __init__(self, address: Any, max_handlers: int = MAX_HANDLERS, request_deadline_s: float = REQUEST_DEADLINE_S):
+        self.max_handlers, self.request_deadline_s = max_handlers, request_deadline_s
+        self._slots = threading.BoundedSemaphore(max_handlers)
+        self._open: dict[Any, float] = {}  # connection -> monotonic time it was accepted
+        self._open_lock = threading.Lock()
+        self._stop = threading.Event()
+        super().__init__(address, _Handler)  # binds (and calls server_close if that fails)
+        self._watchdog = threading.Thread(target=self._expire_slow_requests, name="edgekit-collector-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                                + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY)
+            log.warning("%s busy: %d requests in progress, answered 503", client_address[0], self.max_handlers)
+            self.shutdown_request(request)
+            return
+        with self._open_lock:
+            self._open[request] = time.monotonic()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._done(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._done(request)
+
+    def _done(self, request: Any) -> None:
+        with self._open_lock:
+            if self._open.pop(request, None) is None:
+                return
+        self._slots.release()
+
+    def _expire_slow_requests(self) -> None:
+        while not self._stop.wait(1.0):
+            now = time.monotonic()
+            with self._open_lock:
+                late = [r for r, t in self._open.items() if now - t > self.request_deadline_s]
+            for request in late:  # the handler's next read or write fails and its thread ends
+                with contextlib.suppress(OSError):
+                    request.shutdown(socket.SHUT_RDWR)
+
+    def server_close(self) -> None:
+        self._stop.set()
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that vanished mid-answer is one log line, not a traceback."""
         log.warning("%s connection error: %r", client_address[0], sys.exc_info()[1])
 
 
-def make_server(collector: Collector, host: str = "127.0.0.1", port: int = 0) -> _Server:
+def make_server(collector: Collector, host: str = "127.0.0.1", port: int = 0, *, max_handlers: int = MAX_HANDLERS,
+                request_deadline_s: float = REQUEST_DEADLINE_S) -> _Server:
     """Bind (port 0 = any free port); raise ResultsError if the address cannot be used."""
     try:
-        server = _Server((host, port), _Handler)
+        server = _Server((host, port), max_handlers, request_deadline_s)
     except OSError as e:
         raise ResultsError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port or --host") \
             from None
@@ -225,8 +311,7 @@ def new_collector(db: Path | str | None = None, token: str | None = None, *, max
     """A collector over the store at ``db`` (default ``$EDGEKIT_HOME/results.db``); the token defaults to
     ``$EDGEKIT_TOKEN`` or the token file (created if missing)."""
     collector = Collector(ResultsStore(db), token or ensure_token()[0], max_body=max_body)
-    if rejected_dir is not None:
-        collector.rejected_dir = Path(rejected_dir)
+    collector.rejected_dir = Path(rejected_dir) if rejected_dir is not None else checked_home() / "rejected"
     for manifest in manifests:
         collector.add_manifest(manifest)
     return collector
@@ -235,10 +320,11 @@ def new_collector(db: Path | str | None = None, token: str | None = None, *, max
 @contextlib.contextmanager
 def serve_in_thread(db: Path | str | None = None, token: str | None = None, *, host: str = "127.0.0.1",
                     port: int = 0, max_body: int = MAX_BODY, manifests: Iterable[dict[str, Any]] = (),
-                    rejected_dir: Path | None = None) -> Iterator[RunningCollector]:
-    """Serve in a background thread for the ``with`` block (port 0: a free one); stop cleanly after it."""
+                    rejected_dir: Path | None = None, **limits: Any) -> Iterator[RunningCollector]:
+    """Serve in a background thread for the ``with`` block (port 0: a free one); stop cleanly after it.
+    ``limits``: ``max_handlers``, ``request_deadline_s`` (see :func:`make_server`)."""
     server = make_server(new_collector(db, token, max_body=max_body, manifests=manifests,
-                                       rejected_dir=rejected_dir), host, port)
+                                       rejected_dir=rejected_dir), host, port, **limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                               name="edgekit-collector", daemon=True)
     thread.start()

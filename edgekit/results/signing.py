@@ -31,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgekit.results import ResultsError, edgekit_home
+from edgekit_runner.files import UnsafeFile, open_regular
+
+from edgekit.results import ResultsError, checked_home
 
 TIMESTAMP_HEADER = "X-Edgekit-Timestamp"
 SIGNATURE_HEADER = "X-Edgekit-Signature"
@@ -69,7 +71,7 @@ def verify(token: str, timestamp: str | None, signature: str | None, body: bytes
 
 
 def token_path() -> Path:
-    return edgekit_home() / TOKEN_FILE
+    return checked_home() / TOKEN_FILE
 
 
 def new_token() -> str:
@@ -83,36 +85,44 @@ def load_token() -> tuple[str, str]:
         return _checked(env, f"${TOKEN_ENV}"), f"${TOKEN_ENV}"
     path = token_path()
     try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8").strip()
+        with open_regular(path) as f:
+            st = os.fstat(f.fileno())
+            text = f.read(4096).decode("utf-8").strip()
     except FileNotFoundError:
         raise ResultsError(f"no token: set ${TOKEN_ENV} or create {path} with `edgekit serve`") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, UnicodeDecodeError, UnsafeFile) as e:
         raise ResultsError(f"cannot read the token file {path}: {e}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ResultsError(f"token file {path} is accessible by other users (mode {stat.S_IMODE(mode):o}); "
+    if st.st_uid != os.getuid():
+        raise ResultsError(f"token file {path} belongs to another user (uid {st.st_uid}); anyone who can replace it "
+                           "can sign reports: remove it (`edgekit serve` makes a new one) or set $EDGEKIT_TOKEN")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ResultsError(f"token file {path} is accessible by other users (mode {stat.S_IMODE(st.st_mode):o}); "
                            f"run `chmod 600 {path}`")
     return _checked(text, str(path)), str(path)
 
 
 def ensure_token() -> tuple[str, str]:
     """Like :func:`load_token`, but create the token file (0600, atomically) when there is no token yet."""
-    path = token_path()
-    if os.environ.get(TOKEN_ENV, "").strip() or path.exists():
+    if os.environ.get(TOKEN_ENV, "").strip():
         return load_token()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{TOKEN_FILE}.")  # mkstemp creates it 0600
+    path = token_path()
+    if path.exists() or path.is_symlink():
+        return load_token()
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(new_token() + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{TOKEN_FILE}.")  # mkstemp creates it 0600
         try:
-            os.link(tmp, path)  # never replaces a token another process wrote meanwhile
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(new_token() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # never replaces a token another process wrote meanwhile
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+    except OSError as e:
+        raise ResultsError(f"cannot create the token file {path}: {e.strerror or e}") from None
     return load_token()
 
 

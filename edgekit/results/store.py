@@ -24,13 +24,14 @@ import contextlib
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgekit.results import ResultsError, edgekit_home
+from edgekit.results import ResultsError, checked_home
 from edgekit.results.schema import RunReport, parse_report
 
 DB_NAME = "results.db"
@@ -127,7 +128,7 @@ COMPARED = (("latency p50 (ms)", "latency_p50_ms"), ("latency p90 (ms)", "latenc
 
 
 def default_db_path() -> Path:
-    return edgekit_home() / DB_NAME
+    return checked_home() / DB_NAME
 
 
 def model_sha256(manifest: dict[str, Any]) -> str | None:
@@ -157,6 +158,7 @@ class ResultsStore:
 
     def __init__(self, path: Path | str | None = None):
         self.path = Path(path).expanduser() if path is not None else default_db_path()
+        self._write_lock = threading.Lock()
         if self.path.is_dir():
             raise ResultsError(f"results database {self.path} is a folder; pass a file path with --db")
         try:
@@ -193,7 +195,9 @@ class ResultsStore:
             report = parse_report(report)
         summary = manifest_summary(manifest) if manifest is not None else None
         row = _row(report, summary, received_at or datetime.now(UTC))
-        with self._connect() as conn:
+        # One writer at a time within this process: SQLite's own busy wait polls with growing sleeps, so
+        # threads racing for its write lock (the collector's handlers) waited up to 2 s (benchmarks/collector.py).
+        with self._write_lock, self._connect() as conn:
             cur = conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                                tuple(row.values()))
             return cur.rowcount == 1

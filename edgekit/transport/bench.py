@@ -15,7 +15,6 @@ backoff when they may be transient; a MODEL_ERROR report and a hung runner are n
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 import time
@@ -23,6 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from edgekit_runner import safejson
+from edgekit_runner.files import UnsafeFile, open_regular, read_regular
 from edgekit_runner.report import EXIT_CODES
 
 from edgekit.bundle import MANIFEST, verify
@@ -42,6 +43,7 @@ from edgekit.transport.base import (
 
 RUNNER_EXIT = {code: status for status, code in EXIT_CODES.items()}  # the runner's exit code -> status
 MAX_BACKOFF_S = 30.0
+MAX_REPORT_BYTES = 16 << 20  # a report is a few KB; a device sending more is not sending a report
 
 
 def open_transport(target: Target, connect_timeout: float = 10.0, transfer_timeout: float = 300.0) -> Transport:
@@ -79,6 +81,10 @@ def run_bundle(bundle: Path, target: str | Target, runs: int | None = None, warm
     step = on_step or (lambda _msg: None)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         staging = stage(bundle, manifest, Path(tmp) / "push")
+        staged_manifest, problems = verify(staging / "bundle")  # what is pushed is what was checked
+        if problems or staged_manifest != manifest:
+            raise BundleError(f"{bundle} changed while it was copied for the push (rebuilt meanwhile?); nothing was "
+                              f"pushed; run bench again")
         attempt = 0
         while True:
             attempt += 1
@@ -108,10 +114,14 @@ def stage(bundle: Path, manifest: dict[str, Any], dest: Path) -> Path:
     """``dest/bundle`` (the listed files and the manifest) and ``dest/runner/edgekit_runner`` (this host's)."""
     import edgekit_runner
 
-    for rel in [*manifest.get("files", {}), MANIFEST]:
+    for rel in [*manifest["files"], MANIFEST]:
         target = dest / "bundle" / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(bundle / rel, target)
+        try:
+            with open_regular(bundle / rel) as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+        except (OSError, UnsafeFile) as e:
+            raise BundleError(f"{bundle / rel} cannot be copied for the push: {e}; nothing was pushed") from None
     shutil.copytree(Path(edgekit_runner.__file__).parent, dest / "runner" / "edgekit_runner",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dest
@@ -150,13 +160,16 @@ def _fetch_report(transport: Transport, remote: str, local: Path, run: Completed
     warnings = []
     try:
         transport.pull(remote, local)
-        text = local.read_text(encoding="utf-8")
-    except InfraError as e:
+        text = read_regular(local, MAX_REPORT_BYTES).decode("utf-8", "replace")
+    except (InfraError, UnsafeFile) as e:
         text = run.stdout
         warnings.append(f"the report file could not be pulled ({e}); used the copy the runner printed")
     try:
-        report = json.loads(text)
-    except json.JSONDecodeError:
+        report = safejson.loads(text, "the report")
+    except safejson.JsonError as e:
+        if text.strip():  # something came back, but not a report this host can use
+            raise InfraError(f"the report from {transport.name} is unusable: {e}", retryable=False,
+                             stderr=run.stderr) from None
         report = None
     if not isinstance(report, dict):  # the runner exited without writing one (e.g. it refused its arguments)
         raise InfraError(f"no report came back from {transport.name} (runner exit {run.rc}): "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from edgekit_runner import safejson
 
 from edgekit.transport.base import (
     INFRA_ERROR,
@@ -80,12 +81,12 @@ def make_bench_command(store: Store | None = None) -> click.Command:
 
         outcome = run_bundle(bundle, spec, runs, warmup, threads, timeout, retries, runner_args=runner_args,
                              connect_timeout=connect_timeout, on_step=on_step)
-        if store is not None and outcome.report is not None:
-            store(outcome.report, outcome.manifest or {})  # the results store (wired in edgekit/cli.py)
         if as_json:
-            click.echo(json.dumps(outcome.to_dict(), indent=2, sort_keys=True))
+            click.echo(json.dumps(safejson.finite(outcome.to_dict()), indent=2, sort_keys=True))
         else:
             print_summary(Console(highlight=False), bundle, outcome)
+        if store is not None and outcome.report is not None:  # after the summary: a store failure loses nothing
+            store(outcome.report, outcome.manifest or {})  # the results store (wired in edgekit/cli.py)
         if outcome.status == INFRA_ERROR:
             raise InfraError(outcome.error or "infrastructure error")
         if outcome.status == MODEL_ERROR:

@@ -13,7 +13,7 @@ import re
 import shlex
 from pathlib import Path
 
-from edgekit.results import edgekit_home
+from edgekit.results import checked_home
 from edgekit.transport.base import CommandTimeout, Completed, InfraError, Target, run_process, tail
 from edgekit.transport.shell import ShellTransport, shell_word
 
@@ -26,7 +26,7 @@ class SshTransport(ShellTransport):
     def __init__(self, target: Target, connect_timeout: float = 10.0, transfer_timeout: float = 300.0,
                  known_hosts: Path | None = None):
         super().__init__(target, connect_timeout, transfer_timeout)
-        self.known_hosts = known_hosts or edgekit_home() / "known_hosts"
+        self.known_hosts = known_hosts or checked_home() / "known_hosts"
 
     def _options(self) -> list[str]:
         t = self.target

@@ -199,5 +199,5 @@ def test_interrupted_build_cleans_up_and_says_so(tmp_path, root):
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
-    assert "error: interrupted; nothing was written" in output
+    assert "error: interrupted by SIGINT; nothing was written" in output
     assert list(tmp_path.iterdir()) == []

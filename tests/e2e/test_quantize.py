@@ -88,8 +88,8 @@ def test_nan_in_calibration_data_is_named(tmp_path, root):
         "    s['calib'] = (x, y)\n    return s\n"))
     result = CliRunner().invoke(cli, ["build", "-d", "pixel8", "--quant", "int8", "--project", str(project),
                                       "--out", str(tmp_path / "out")])
-    assert result.exit_code == 4
-    assert "calibration sample 3 of the model input contains NaN or Inf" in " ".join(result.output.split())
+    assert result.exit_code == 2  # bad data is the project's: refused when it is loaded, before any work
+    assert "data split 'calib': sample 3 has NaN or infinite values" in " ".join(result.output.split())
     assert not (tmp_path / "out").exists()
 
 

@@ -12,14 +12,16 @@ from edgekit.cli import cli
 from edgekit.errors import BundleError
 
 MANIFEST_BASE = {"schema_version": 1, "kind": "edgekit-bundle", "created_at": "now",
-                 "profile": {"id": "x", "name": "X"},
-                 "model": {"file": "model.bin", "format": "onnx", "backend": "cpu", "precision": "fp32",
-                           "bytes": 5, "inputs": [], "outputs": []}}
+                 "profile": {"id": "x", "name": "X"}, "project": {"name": "p", "task": "classification"},
+                 "model": {"file": "model.bin", "format": "onnx", "backend": "cpu", "runtime": "onnxruntime",
+                           "precision": "fp32", "bytes": 5, "inputs": [], "outputs": []},
+                 "eval": {"file": "eval.npz", "n_samples": 0, "arrays": {}}}
 
 
 def write(out: Path, payload: bytes = b"model", force: bool = False) -> Path:
     with BundleWriter(out, force=force) as w:
         (w.staging / "model.bin").write_bytes(payload)
+        (w.staging / "eval.npz").write_bytes(b"")
         (w.staging / "sub").mkdir()
         (w.staging / "sub" / "a.txt").write_text("a")
         return w.commit(MANIFEST_BASE)
@@ -29,7 +31,7 @@ def test_commit_writes_manifest_with_hashes(tmp_path):
     out = write(tmp_path / "b")
     manifest, problems = verify(out)
     assert problems == []
-    assert set(manifest["files"]) == {"model.bin", "sub/a.txt"}
+    assert set(manifest["files"]) == {"model.bin", "eval.npz", "sub/a.txt"}
     assert manifest["files"]["model.bin"]["bytes"] == 5
     assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no staging left behind
 
@@ -95,15 +97,16 @@ def test_tampered_missing_and_unlisted_files_are_named(tmp_path):
 
 def test_inspect_refuses_non_bundle(tmp_path):
     result = CliRunner().invoke(cli, ["inspect", str(tmp_path)])
-    assert result.exit_code == 6 and "manifest.json is missing" in result.output
+    assert result.exit_code == 6 and "no manifest.json in" in result.output
 
 
-def test_manifest_path_escape_is_reported(tmp_path):
+def test_manifest_path_escape_is_refused(tmp_path):
     out = write(tmp_path / "b")
     m = json.loads((out / MANIFEST).read_text())
-    m["files"]["../outside"] = {"sha256": "0", "bytes": 0}
+    m["files"]["../outside"] = {"sha256": "0" * 64, "bytes": 0}
     (out / MANIFEST).write_text(json.dumps(m))
-    assert "../outside: path escapes the bundle" in verify(out)[1]
+    with pytest.raises(BundleError, match="files lists \"../outside\", which is not a relative path inside"):
+        verify(out)
 
 
 def test_bundle_folder_mode_follows_umask(tmp_path):

@@ -10,6 +10,7 @@ import threading
 import pytest
 from click.testing import CliRunner
 from edgekit_runner import report as runner_report
+from manifests import manifest
 
 from edgekit.results import ResultsError
 from edgekit.results.cli import results
@@ -34,7 +35,7 @@ def make_report(*, node="board-1", profile="pixel8", sha=SHA_A, p50=2.0, p90=3.0
 MANIFEST = {"created_at": "2026-01-01T00:00:00Z", "profile": {"id": "pixel8", "name": "Google Pixel 8"},
             "model": {"file": "model.pte", "format": "executorch", "backend": "xnnpack", "precision": "int8",
                       "bytes": 19752, "runtime": "executorch"},
-            "files": {"model.pte": {"sha256": SHA_A, "bytes": 19752}, "eval.npz": {"sha256": "c3" * 32}},
+            "files": {"model.pte": {"sha256": SHA_A, "bytes": 19752}, "eval.npz": {"sha256": "c3" * 32, "bytes": 100}},
             "plan": {"quant": "int8"}, "validation": {"where": "target-runtime", "value": 0.97},
             "versions": {"executorch": "1.5.1"}}
 
@@ -243,7 +244,7 @@ def test_results_command_lists_filters_and_compares(store, tmp_path):
     assert [r["run_id"] for r in listed] == [b["run_id"]] and listed[0]["report"] == b
     bundle = tmp_path / "bundle"
     bundle.mkdir()
-    (bundle / "manifest.json").write_text(json.dumps(MANIFEST))  # its model is SHA_A
+    (bundle / "manifest.json").write_text(json.dumps(manifest(files=MANIFEST["files"])))  # its model is SHA_A
     listed = json.loads(cli.invoke(results, ["--bundle", str(bundle), "--json"]).output)
     assert [r["run_id"] for r in listed] == [a["run_id"]]
     rows = json.loads(cli.invoke(results, ["--compare", a["run_id"][:8], b["run_id"][:8], "--json"]).output)

@@ -15,6 +15,7 @@ from edgekit_runner import evaluate, measure, memory, runtimes, sysinfo
 from edgekit_runner.__main__ import main
 from edgekit_runner.report import FIELDS, MODEL_ERROR, OK, SCHEMA_VERSION, RunReport
 from edgekit_runner.runtimes import LoadedModel, TensorInfo, _dequantize, _quantize
+from manifests import list_files, manifest
 
 
 def test_int8_quantize_uses_tensor_params():
@@ -398,13 +399,11 @@ def tiny_bundle(tiny_onnx):
     reference = np.maximum(x @ (np.arange(12, dtype=np.float32).reshape(4, 3) - 5), 0)
     labels = np.array([0, 1, 2] * 4)
     np.savez(bundle / "eval.npz", inputs=x, labels=labels, reference=reference)
-    files = {n: {"bytes": (bundle / n).stat().st_size, "sha256": hashlib.sha256((bundle / n).read_bytes()).hexdigest()}
-             for n in ("model.onnx", "eval.npz")}
-    (bundle / "manifest.json").write_text(json.dumps({
-        "model": {"file": "model.onnx", "runtime": "onnxruntime", "runtime_target": "QNNExecutionProvider",
-                  "format": "onnx", "backend": "qnn", "precision": "fp32"},
-        "eval": {"file": "eval.npz"}, "files": files, "profile": {"id": "galaxy-s24"},
-        "project": {"task": "classification"}}))
+    m = manifest(model={"file": "model.onnx", "runtime": "onnxruntime", "runtime_target": "QNNExecutionProvider",
+                        "format": "onnx", "backend": "qnn", "precision": "fp32", "bytes": 0, "inputs": [],
+                        "outputs": []},
+                 profile={"id": "galaxy-s24", "name": "Samsung Galaxy S24"})
+    (bundle / "manifest.json").write_text(json.dumps(list_files(m, bundle)))
     return bundle, float((reference.argmax(1) == labels).mean())
 
 
@@ -439,7 +438,7 @@ def test_cli_out_in_a_missing_folder_still_prints_the_report(tiny_bundle, tmp_pa
 
 def test_eval_set_without_labels_is_an_infra_error(tiny_bundle, capsys):
     bundle, _ = tiny_bundle
-    np.savez(bundle / "eval.npz", inputs=np.zeros((2, 4), np.float32))
+    np.savez(bundle / "eval.npz", inputs=np.zeros((12, 4), np.float32))
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["files"]["eval.npz"]["sha256"] = hashlib.sha256((bundle / "eval.npz").read_bytes()).hexdigest()
     (bundle / "manifest.json").write_text(json.dumps(manifest))
@@ -453,7 +452,8 @@ def test_manifest_naming_a_file_outside_the_bundle_is_refused(tiny_bundle, capsy
     manifest["model"]["file"] = "../tiny.onnx"  # exists, but is not the bundle's
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     assert main([str(bundle), *QUICK]) == 2
-    assert "'../tiny.onnx', which is outside the bundle" in json.loads(capsys.readouterr().out)["error"]
+    assert 'model.file is "../tiny.onnx"; expected a relative path inside the bundle' in \
+        json.loads(capsys.readouterr().out)["error"]
 
 
 def test_time_model_runs_exactly_the_requested_counts():

@@ -13,8 +13,6 @@ or failed on the model (MODEL_ERROR).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import sys
 import time
@@ -24,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from edgekit_runner import evaluate, measure, runtimes, sysinfo
+from edgekit_runner.files import UnsafeFile, load_npz, sha256_file
+from edgekit_runner.manifest import ManifestError, read_manifest
 from edgekit_runner.memory import MemoryProbe
 from edgekit_runner.report import EXIT_CODES, INFRA_ERROR, MODEL_ERROR, OK, RunReport, write_atomic
 
@@ -206,49 +206,38 @@ def _failed(report: RunReport, e: Exception, runtime: str) -> None:
 
 
 def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The manifest and the eval arrays, after checking the model and eval files against the manifest."""
+    """The manifest and the eval arrays, after checking the manifest against its schema and the model and
+    eval files against their sha256 (and the eval arrays' shapes against the manifest, before loading them)."""
     try:
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        model_file, eval_file = manifest["model"]["file"], manifest["eval"]["file"]
-        if manifest["model"].get("runtime") not in runtimes.RUNTIMES:
-            raise ValueError(f"model.runtime is {manifest['model'].get('runtime')!r}, "
-                             f"not one of {', '.join(runtimes.RUNTIMES)}")
-    except FileNotFoundError:
-        raise BundleError(f"no manifest.json in {bundle}: not a bundle (make one with `edgekit build`)") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise BundleError(f"cannot read {bundle / 'manifest.json'}: {type(e).__name__}: {e}") from None
-    for name in (model_file, eval_file):
+        manifest = read_manifest(bundle)
+    except ManifestError as e:
+        raise BundleError(str(e)) from None
+    for name in (manifest.model_file, manifest.eval_file):
         if not (bundle / name).resolve().is_relative_to(bundle.resolve()):
             raise BundleError(f"manifest.json names {name!r}, which is outside the bundle; rebuild the bundle")
-        expected = manifest.get("files", {}).get(name, {}).get("sha256")
+        expected = manifest.files.get(name, {}).get("sha256")
         if not expected:
             raise BundleError(f"manifest.json has no sha256 for {name}; rebuild the bundle")
         try:
-            actual = _sha256(bundle / name)
-        except OSError as e:
-            raise BundleError(f"bundle file {name} is missing or unreadable: {e.strerror or e}; push the bundle "
-                              "again") from None
+            actual = sha256_file(bundle / name)
+        except (OSError, UnsafeFile) as e:
+            raise BundleError(f"bundle file {name} is missing or unusable: {_why(e)}; push the bundle again") from None
         if actual != expected:
             raise BundleError(f"bundle file {name} does not match the sha256 in manifest.json (modified, or cut "
                               "short in transfer); push the bundle again or rebuild it")
-    try:
-        with np.load(bundle / eval_file, allow_pickle=False) as npz:
-            data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise BundleError(f"cannot read the eval set {bundle / eval_file}: {type(e).__name__}: {e}") from None
-    missing = {"inputs", "labels"} - data.keys()
+    missing = {"inputs", "labels"} - manifest.eval_arrays.keys()
     if missing:
-        raise BundleError(f"the eval set {bundle / eval_file} has no {' or '.join(sorted(missing))} array; "
+        raise BundleError(f"the eval set {bundle / manifest.eval_file} has no {' or '.join(sorted(missing))} array; "
                           "rebuild the bundle")
-    return manifest, data
+    try:
+        data = load_npz(bundle / manifest.eval_file, manifest.eval_arrays)
+    except UnsafeFile as e:
+        raise BundleError(f"cannot read the eval set: {e}") from None
+    return manifest.data, data
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _why(e: BaseException) -> str:
+    return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import json
-import math
 import os
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from edgekit_runner import safejson
 
 SCHEMA_VERSION = 2
 
@@ -114,16 +115,6 @@ FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _now() -> str:
     utc = _dt.timezone.utc  # noqa: UP017 -- datetime.UTC is Python 3.11+; boards may run 3.9
     return _dt.datetime.now(utc).isoformat(timespec="seconds")
@@ -154,7 +145,7 @@ class RunReport:
 
     def to_json(self) -> str:
         """Standard JSON: a NaN or infinite number (a model that outputs NaN) is written as null."""
-        return json.dumps(_finite(self.to_dict()), indent=2, sort_keys=True, allow_nan=False)
+        return json.dumps(safejson.finite(self.to_dict()), indent=2, sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunReport:

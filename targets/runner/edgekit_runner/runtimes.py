@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-RUNTIMES = ("executorch", "onnxruntime", "litert")
+from edgekit_runner.manifest import RUNTIMES
+
 ORT_CPU = "CPUExecutionProvider"
 # What to try, in order, for an ONNX Runtime target; the CPU EP always ends the chain.
 ORT_CHAINS = {"TensorrtExecutionProvider": ("TensorrtExecutionProvider", "CUDAExecutionProvider")}

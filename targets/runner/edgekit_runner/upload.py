@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import hmac
 import http.client
-import json
 import os
 import re
 import sys
@@ -36,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit_runner import safejson
+from edgekit_runner.files import UnsafeFile, read_regular
 from edgekit_runner.report import write_atomic
 
 REPORTS_PATH = "/api/v1/reports"
@@ -45,6 +46,7 @@ TOKEN_ENV = "EDGEKIT_TOKEN"
 FAILED = "failed"
 MAX_BACKOFF_S = 30.0
 RETRYABLE_4XX = (408, 429)
+MAX_REPORT_BYTES = 16 << 20
 _RUN_ID = re.compile(r"[0-9a-f]{16,64}")
 # The collector is reached directly (or through an ssh tunnel), never through an http_proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -130,7 +132,10 @@ def default_spool_dir() -> Path:
 
 def _send(url: str, token: str, path: Path, run_id: str, retries: int, backoff: float, timeout: float,
           sleep: Callable[[float], None]) -> Outcome:
-    body = path.read_bytes()
+    try:
+        body = read_regular(path, MAX_REPORT_BYTES)
+    except UnsafeFile as e:  # not a report this runner spooled: set it aside, never send it
+        return Outcome(run_id, FAILED, None, 0, str(e), _move_to_failed(path, 0, str(e)))
     status, reason, answer = None, "", {}
     for attempt in range(1, retries + 2):
         try:
@@ -158,14 +163,14 @@ def _mtime(path: Path) -> float:
 def _move_to_failed(path: Path, status: int, reason: str) -> Path:
     failed = path.parent / FAILED
     failed.mkdir(parents=True, exist_ok=True)
-    write_atomic(failed / f"{path.stem}.reason", f"HTTP {status}: {reason}\n")
+    write_atomic(failed / f"{path.stem}.reason", (f"HTTP {status}: {reason}" if status else reason) + "\n")
     os.replace(path, failed / path.name)
     return failed / path.name
 
 
 def _run_id(report_json: str) -> str:
     try:
-        run_id = json.loads(report_json)["run_id"]
+        run_id = safejson.loads(report_json, "report")["run_id"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"not a run report (no run_id): {e}") from None
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
@@ -175,7 +180,7 @@ def _run_id(report_json: str) -> str:
 
 def _answer(raw: bytes) -> dict[str, Any]:
     try:
-        answer = json.loads(raw)
+        answer = safejson.loads(raw, "the collector's answer")
     except ValueError:
         return {"error": raw[:200].decode("utf-8", "replace")}
     return answer if isinstance(answer, dict) else {"error": str(answer)[:200]}

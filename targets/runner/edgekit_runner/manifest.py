@@ -1,0 +1,216 @@
+"""The bundle manifest: one schema, checked by every reader (the runner, ``edgekit inspect``, ``bench``, the
+results store). Stdlib only: this runs on the device.
+
+A manifest is untrusted data: a bundle may come from anywhere, and a device may have cut it short or
+changed it. :func:`read_manifest` therefore refuses, with one line that names the field, anything that is
+not what ``edgekit build`` writes: a file over :data:`MAX_BYTES` or not a regular file, JSON that is
+not standard or beyond :mod:`edgekit_runner.safejson`'s limits, a missing key, a value of the wrong
+type, an integer outside int64, a path that is absolute or climbs out of the bundle, a sha256 that is
+not 64 hex digits. Keys the schema does not know are kept (a newer edgekit of the same schema version
+may add facts).
+
+>>> manifest = read_manifest(Path("build/pixel8"))   # doctest: +SKIP
+>>> manifest.model_file, manifest.runtime            # doctest: +SKIP
+('model.pte', 'executorch')
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from edgekit_runner import safejson
+from edgekit_runner.files import UnsafeFile, read_regular
+
+NAME = "manifest.json"
+KIND = "edgekit-bundle"
+SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MAX_BYTES = 16 << 20
+INT64 = (-(1 << 63), (1 << 63) - 1)
+RUNTIMES = ("executorch", "onnxruntime", "litert")
+FORMATS = ("executorch", "onnx", "tflite")
+
+
+class ManifestError(ValueError):
+    """The manifest is missing, unreadable or not a manifest this runner knows; the message is one line."""
+
+
+# ------------------------------------------------------------------ the schema
+# A schema is a type name ("str", "int", "count", "num", "bool", "sha256", "relpath", "any"), a dict
+# {key: schema} (a key ending in "?" may be absent), a list [schema] (every item), Map(schema) (an
+# object of any keys), OneOf(values), or Null(schema) (that schema or null).
+
+@dataclass(frozen=True)
+class Map:
+    value: Any
+
+
+@dataclass(frozen=True)
+class OneOf:
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Null:
+    schema: Any
+
+
+TENSOR = {"name": "str", "shape": ["int"], "dtype": "str"}
+VALIDATION = {"where": "str", "runtime": Map("any"), "metric?": Null("str"), "value?": Null("num"),
+              "max_abs_error?": Null("num"), "top1_agreement?": Null("num"), "n_samples?": "count",
+              "passed?": "bool", "reference_value?": Null("num"), "accuracy_drop?": Null("num")}
+SCHEMA: dict[str, Any] = {
+    "schema_version": "int",
+    "kind": OneOf((KIND,)),
+    "created_at": "str",
+    "profile": {"id": "str", "name": "str", "soc?": "str", "schema_version?": "int", "budgets?": Map(Null("num"))},
+    "project": {"name": "str", "task": "str", "metric?": Null("str"), "model_entry?": "str"},
+    "plan?": {"quant?": Null("str")},
+    "model": {"file": "relpath", "format": OneOf(FORMATS), "backend": "str", "runtime": OneOf(RUNTIMES),
+              "runtime_target?": Null("str"), "precision": "str", "bytes": "count",
+              "inputs": [TENSOR], "outputs": [TENSOR], "export_details?": Map("any")},
+    "eval": {"file": "relpath", "n_samples": "count", "arrays": Map(["count"])},
+    "files": Map({"sha256": "sha256", "bytes": "count"}),
+    "validation?": Null(VALIDATION),
+    "baseline?": Null({"precision": "str", "bytes": "count", "validation": VALIDATION}),
+    "warnings?": ["str"],
+    "versions?": Map("str"),
+    "seed?": "int",
+    "timings_s?": Map("num"),
+}
+
+
+def check(value: Any, schema: Any, where: str = "manifest") -> None:
+    """Raise ManifestError naming the first place where ``value`` does not fit ``schema``."""
+    if isinstance(schema, Null):
+        if value is not None:
+            check(value, schema.schema, where)
+    elif isinstance(schema, OneOf):
+        if value not in schema.values or isinstance(value, bool):
+            raise ManifestError(f"{where} is {_show(value)}; expected one of {', '.join(map(repr, schema.values))}")
+    elif isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise ManifestError(f"{where} is {_show(value)}; expected an object")
+        for key, sub in schema.items():
+            name, optional = key.rstrip("?"), key.endswith("?")
+            if name in value:
+                check(value[name], sub, f"{where}.{name}")
+            elif not optional:
+                raise ManifestError(f"{where} has no {name!r}")
+    elif isinstance(schema, list):
+        if not isinstance(value, list):
+            raise ManifestError(f"{where} is {_show(value)}; expected a list")
+        for i, item in enumerate(value):
+            check(item, schema[0], f"{where}[{i}]")
+    elif isinstance(schema, Map):
+        if not isinstance(value, dict):
+            raise ManifestError(f"{where} is {_show(value)}; expected an object")
+        for key, item in value.items():
+            check(item, schema.value, f"{where}[{key[:80]!r}]")
+    elif not _SCALARS[schema](value):
+        raise ManifestError(f"{where} is {_show(value)}; expected {_EXPECTED[schema]}")
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and INT64[0] <= v <= INT64[1]
+
+
+def relpath_ok(v: Any) -> bool:
+    """A relative POSIX path inside its folder: no absolute path, no '..', no empty or odd component."""
+    if not isinstance(v, str) or not v or len(v) > 1024 or "\\" in v or "\0" in v:
+        return False
+    p = PurePosixPath(v)
+    return not p.is_absolute() and all(part not in ("", ".", "..") for part in v.split("/"))
+
+
+_SCALARS = {
+    "any": lambda v: True,
+    "str": lambda v: isinstance(v, str),
+    "int": _int,
+    "count": lambda v: _int(v) and v >= 0,
+    "num": lambda v: (isinstance(v, (int, float)) and not isinstance(v, bool)) and abs(v) < 1e300,
+    "bool": lambda v: isinstance(v, bool),
+    "sha256": lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) is not None,
+    "relpath": relpath_ok,
+}
+_EXPECTED = {"any": "anything", "str": "a string", "int": "an integer (int64)",
+             "count": "a non-negative integer (int64)", "num": "a finite number", "bool": "true or false",
+             "sha256": "64 lowercase hex digits", "relpath": "a relative path inside the bundle (no '..')"}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return f"a {'list' if isinstance(value, list) else 'object'} of {len(value)}"
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A checked manifest. ``data`` is the whole document; the properties are what readers need most."""
+
+    data: dict[str, Any]
+
+    @property
+    def model_file(self) -> str:
+        return self.data["model"]["file"]
+
+    @property
+    def eval_file(self) -> str:
+        return self.data["eval"]["file"]
+
+    @property
+    def runtime(self) -> str:
+        return self.data["model"]["runtime"]
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        return self.data["files"]
+
+    @property
+    def eval_arrays(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(shape) for name, shape in self.data["eval"]["arrays"].items()}
+
+
+def validate(data: Any, source: str = NAME) -> Manifest:
+    """Check a decoded manifest: its schema version first (a newer one names both versions), then every field."""
+    if not isinstance(data, dict):
+        raise ManifestError(f"{source} holds {_show(data)}, not a manifest object")
+    version = data.get("schema_version")
+    if not _int(version) or version not in SUPPORTED_VERSIONS:
+        newer = _int(version) and version > max(SUPPORTED_VERSIONS)
+        raise ManifestError(f"{source}: bundle schema_version {_show(version)} is not supported (this reader knows "
+                            f"{', '.join(map(str, SUPPORTED_VERSIONS))})"
+                            + ("; upgrade edgekit to read it" if newer else ""))
+    if data.get("kind") != KIND:
+        raise ManifestError(f"{source} was not written by edgekit (kind is {_show(data.get('kind'))}, "
+                            f"not {KIND!r})")
+    try:
+        check(data, SCHEMA, "manifest")
+    except ManifestError as e:
+        raise ManifestError(f"{source}: {e}") from None
+    for key in data["files"]:
+        if not relpath_ok(key):
+            raise ManifestError(f"{source}: files lists {_show(key)}, which is not a relative path inside the bundle")
+    return Manifest(data)
+
+
+def read_manifest(bundle: Path) -> Manifest:
+    """Read and check ``bundle/manifest.json``; ManifestError (one line) if it is not a manifest this code knows."""
+    path = Path(bundle) / NAME
+    try:
+        raw = read_regular(path, MAX_BYTES)
+    except FileNotFoundError:
+        raise ManifestError(f"no {NAME} in {bundle}: not a bundle (make one with `edgekit build`)") from None
+    except (UnsafeFile, OSError) as e:
+        raise ManifestError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}") \
+            from None
+    try:
+        data = safejson.loads(raw, str(path))
+    except safejson.JsonError as e:
+        raise ManifestError(str(e)) from None
+    return validate(data, str(path))
