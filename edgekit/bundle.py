@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -48,6 +49,14 @@ def check_destination(out: Path, force: bool) -> None:
     """Fail before any work if ``out`` cannot be written: it exists (without ``force``), or it is not a
     bundle that edgekit wrote and that is intact (even with ``force``)."""
     out = Path(out)
+    for folder in Path(os.path.abspath(out)).parents:
+        if (folder / MANIFEST).is_file():
+            try:
+                read_manifest(folder)
+            except BundleError:
+                continue  # another tool's manifest.json: not our concern here
+            raise BundleError(f"{out} is inside the bundle {folder}; a bundle holds only the files its manifest "
+                              "lists: choose an --out outside it")
     if not (out.exists() or out.is_symlink()):
         return
     if not force:
@@ -75,7 +84,11 @@ class BundleWriter:
         self._lock: tuple[Path, int] | None = None
 
     def __enter__(self) -> BundleWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BundleError(f"cannot create {self.out.parent} for the bundle: {e.strerror or e}; "
+                              "choose another --out") from None
         self._lock = _lock(self.out)
         try:
             _remove_stale_partials(self.out)
@@ -195,21 +208,33 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 def _lock(out: Path) -> tuple[Path, int]:
     """An exclusive lock on ``.NAME.lock`` beside ``out`` for one build; BundleError at once if another build
-    holds it. The file is removed when the build ends (:func:`_unlock`); a lock taken on a file that was
-    removed meanwhile is dropped and taken again on the new one."""
+    holds it, or if that name is taken by something edgekit did not write. The file holds the build's pid
+    and is removed when the build ends (:func:`_unlock`); a lock taken on a file that was removed meanwhile
+    is dropped and taken again on the new one."""
     import fcntl
 
     path = out.parent / f".{out.name}.lock"
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise BundleError(f"cannot create the lock file {path}: {e.strerror or e}; choose another --out") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BundleError(f"{path} is not a lock file edgekit wrote (not a regular file); remove it")
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            if holder and not holder.isdigit():
+                raise BundleError(f"{path} is not a lock file edgekit wrote (it holds other text); remove it or "
+                                  "choose another --out")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise BundleError(f"another edgekit build{f' (pid {holder})' if holder else ''} is writing {out}; "
+                                      "wait for it to finish or choose another --out") from None
+                raise BundleError(f"cannot lock {path}: {e.strerror or e}") from None
+        except BaseException:
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise BundleError(f"another edgekit build{f' (pid {holder})' if holder else ''} is writing {out}; "
-                                  "wait for it to finish or choose another --out") from None
             raise
         if _identity(path) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
             break

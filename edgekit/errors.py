@@ -27,7 +27,8 @@ class ProjectError(EdgekitError):
 
 
 class UnsafeFileError(EdgekitError):
-    """A file would run code or escape its folder if loaded; refused."""
+    """A data file (weights) would run code if loaded (a pickle with code in it); refused. Entry points in
+    edgekit.toml are trusted code and are imported as they are (see edgekit.project)."""
 
     exit_code = 2
 

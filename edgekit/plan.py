@@ -10,6 +10,8 @@ request (e.g. Core ML for a Jetson) with the combinations that would work.
 
 from __future__ import annotations
 
+import math
+
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -86,8 +88,8 @@ def resolve_quant(profile: DeviceProfile, quant: str) -> str:
 
 def accuracy_budget(profile: DeviceProfile, max_accuracy_drop: float | None = None) -> float:
     """The accuracy budget in points: ``--max-accuracy-drop`` when given, else the profile's."""
-    if max_accuracy_drop is not None and max_accuracy_drop < 0:
-        raise PlanError(f"--max-accuracy-drop must be >= 0 points, got {max_accuracy_drop:g}")
+    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop < math.inf:
+        raise PlanError(f"--max-accuracy-drop must be >= 0 points and finite, got {max_accuracy_drop:g}")
     return profile.budgets.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
 
 

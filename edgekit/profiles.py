@@ -95,10 +95,10 @@ class QuantRule(_Frozen):
 
 
 class Budgets(_Frozen):
-    max_model_mb: float = Field(gt=0)
-    max_peak_memory_mb: float = Field(gt=0)
-    p90_latency_ms: float = Field(gt=0)
-    max_accuracy_drop: float = Field(ge=0, description="percentage points vs the fp32 reference")
+    max_model_mb: float = Field(gt=0, allow_inf_nan=False)
+    max_peak_memory_mb: float = Field(gt=0, allow_inf_nan=False)
+    p90_latency_ms: float = Field(gt=0, allow_inf_nan=False)
+    max_accuracy_drop: float = Field(ge=0, allow_inf_nan=False, description="percentage points vs the fp32 reference")
 
 
 class DeviceProfile(_Frozen):

@@ -321,7 +321,8 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     import torch
 
     if not path.is_file():
-        raise ProjectError(f"weights file {path} does not exist")
+        what = "does not exist" if not path.exists() else "is not a regular file"
+        raise ProjectError(f"weights file {path} {what}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -213,6 +214,21 @@ def distill(student: nn.Module, teacher: nn.Module | None, splits: dict[str, Any
     }
     files = write_outputs(Path(out_dir), student, metrics) if out_dir is not None and world.rank == 0 else []
     return DistillResult(student, metrics, result.best_epoch, student_accuracy, teacher_accuracy, files, teacher)
+
+
+def check_out_dir(out_dir: Path, resume: bool = False, force: bool = False) -> None:
+    """Refuse, before any training, an output folder that cannot be written or that already holds a run's
+    files, unless the caller resumes that run or replaces it (``--force``); create it otherwise."""
+    ours = [f for f in (STUDENT_FILE, METRICS_FILE, *CHECKPOINTS.values()) if (out_dir / f).exists()]
+    if ours and not (resume or force):
+        raise DistillError(f"{out_dir} already holds {', '.join(ours)}; pass --resume to continue that run, --force "
+                           "to replace it, or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DistillError(f"cannot use --out {out_dir}: {e.strerror or e}; choose another --out") from None
+    if not os.access(out_dir, os.W_OK):
+        raise DistillError(f"cannot write to --out {out_dir}; choose another --out")
 
 
 def write_outputs(out_dir: Path, student: nn.Module, metrics: dict[str, Any]) -> list[Path]:

@@ -30,7 +30,7 @@ import click
 @click.option("--lr", type=float, default=None, help="AdamW peak learning rate (cosine decay)  [default: 3e-3]")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs without a better calib accuracy  [default: never]")
-@click.option("--seed", type=int, default=None, help="[default: the project's seed]")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="[default: the project's seed]")
 @click.option("--hint-layer", "hint_layers", multiple=True, metavar="TEACHER_PATH=STUDENT_PATH",
               help="FitNet hint: a teacher module path and the student module path it guides (repeatable).")
 @click.option("--hint-epochs", type=click.IntRange(min=1), default=None,
@@ -41,19 +41,23 @@ import click
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=Path("build/distill"), show_default=True,
               help="Folder for student.safetensors, metrics.json and checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoints in --out (same settings).")
+@click.option("--force", is_flag=True, help="Replace the student, metrics and checkpoints already in --out.")
 def distill_command(project: Path | None, method: str | None, temperature: float | None, alpha: float | None,
                     epochs: int | None, batch_size: int | None, lr: float | None, patience: int | None,
                     seed: int | None, hint_layers: tuple[str, ...], hint_epochs: int | None,
-                    cache_teacher: bool | None, device: str, out: Path, resume: bool) -> None:
+                    cache_teacher: bool | None, device: str, out: Path, resume: bool, force: bool) -> None:
     """Distil the project's teacher into its student; write the student's weights and metrics."""
     from rich.console import Console
+    from rich.markup import escape
 
     from edgekit.distill import DistillWarning
+    from edgekit.distill.api import check_out_dir
     from edgekit.distill.hints import Hint
     from edgekit.distill.project import DistillSpec, distill_project
     from edgekit.project import load_project
 
     spec = load_project(project)
+    check_out_dir(out, resume, force)
     given = {"method": method, "temperature": temperature, "alpha": alpha, "epochs": epochs,
              "batch_size": batch_size, "lr": lr, "patience": patience, "hint_epochs": hint_epochs,
              "cache_teacher": cache_teacher}
@@ -62,7 +66,7 @@ def distill_command(project: Path | None, method: str | None, temperature: float
         overrides["hints"] = {h.teacher: h.student for h in map(Hint.parse, hint_layers)}
     settings = (spec.distill or DistillSpec()).model_copy(update=overrides)
     con = Console(highlight=False, soft_wrap=True)
-    con.print(f"[bold]edgekit distill[/] — project {spec.name!r}: {settings.method}, T={settings.temperature:g}, "
+    con.print(f"[bold]edgekit distill[/] — project {escape(repr(spec.name))}: {settings.method}, T={settings.temperature:g}, "
               f"alpha={settings.alpha:g}, {settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr:g}")
     with warnings.catch_warnings(record=True) as caught, _ProgressView(con) as view:
         warnings.simplefilter("always", category=DistillWarning)
@@ -70,7 +74,7 @@ def distill_command(project: Path | None, method: str | None, temperature: float
                                  on_progress=view.update, on_stage=view.stage)
     for w in caught:
         if issubclass(w.category, DistillWarning):
-            con.print(f"  [yellow]warning[/]: {w.message}")
+            con.print(f"  [yellow]warning[/]: {escape(str(w.message))}")
     _summary(con, result)
 
 
@@ -93,7 +97,7 @@ class _ProgressView:
         self.bar.stop()
 
     def stage(self, name: str, detail: str) -> None:
-        self.con.print(f"  loading {name}: {detail}")
+        self.con.print(f"  loading {name}: {detail}", markup=False)
 
     def update(self, p: Any) -> None:
         if p.stage not in self.tasks:
@@ -119,4 +123,4 @@ def _summary(con: Any, result: Any) -> None:
               + (" (stopped early)" if m["stopped_early"] else "")
               + (f", resumed after epoch {m['resumed_from_epoch']}" if m["resumed_from_epoch"] else ""))
     for f in result.files:
-        con.print(f"  wrote              {f}")
+        con.print(f"  wrote              {f}", markup=False)

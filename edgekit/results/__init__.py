@@ -31,7 +31,11 @@ class ResultsError(EdgekitError):
 def edgekit_home() -> Path:
     """``$EDGEKIT_HOME`` if set (and not empty), else ``~/.edgekit``. Not created here."""
     value = os.environ.get(HOME_ENV, "").strip()
-    return Path(value).expanduser() if value else Path.home() / ".edgekit"
+    try:
+        return Path(value).expanduser() if value else Path.home() / ".edgekit"
+    except RuntimeError as e:  # "~nosuchuser/x", or no home directory at all
+        raise ResultsError(f"cannot find the edgekit home (${HOME_ENV}={value!r}): {e}; set ${HOME_ENV} to a "
+                           "folder") from None
 
 
 def private_dir(path: Path, what: str, follow: bool = True) -> Path:

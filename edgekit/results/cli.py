@@ -69,7 +69,7 @@ def serve(host: str, port: int, db: Path | None, bundles: tuple[Path, ...]) -> N
 @click.option("--bundle", "-b", default=None,
               help="Only runs of this bundle: a bundle folder here (matched by its model's sha256), "
                    "the bundle path as the runner reported it, or a model sha256 prefix (8+ hex digits).")
-@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True, help="Newest N runs.")
+@click.option("--limit", "-n", type=click.IntRange(1, 1_000_000), default=20, show_default=True, help="Newest N runs.")
 @click.option("--compare", nargs=2, metavar="RUN_A RUN_B", default=None,
               help="Before (A) / after (B): latency p50/p90, accuracy, size, peak memory. Ids or unique prefixes.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

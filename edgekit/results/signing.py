@@ -127,6 +127,10 @@ def ensure_token() -> tuple[str, str]:
 
 
 def _checked(token: str, source: str) -> str:
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ResultsError(f"the token from {source} is not valid text (bytes that are not UTF-8)") from None
     if len(token) < MIN_TOKEN_CHARS:
         raise ResultsError(f"the token from {source} is {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
                            "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")

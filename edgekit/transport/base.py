@@ -137,6 +137,8 @@ def _parse_ssh(spec: str, base: str, params: dict[str, list[str]], python: str |
     url = urlsplit(base)
     try:
         port = url.port
+        if port == 0:
+            raise ValueError("port 0")
     except ValueError:
         raise TargetError(f"target {spec!r}: the port must be a number from 1 to 65535") from None
     if not url.hostname:
@@ -146,6 +148,8 @@ def _parse_ssh(spec: str, base: str, params: dict[str, list[str]], python: str |
     if url.password is not None:
         raise TargetError(f"target {spec!r}: passwords are not supported; ssh uses keys (see --identity)")
     identity = identity or (Path(params["identity"][-1]).expanduser() if params.get("identity") else None)
+    if identity is not None and not identity.is_file():
+        raise TargetError(f"target {spec!r}: the identity file {identity} does not exist")
     options = tuple(params.get("ssh_option", [])) + tuple(ssh_options)
     for opt in options:
         if "=" not in opt or opt.startswith("-"):

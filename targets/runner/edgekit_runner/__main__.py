@@ -44,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         cpus = measure.parse_cpus(args.cpus) if args.cpus else None
         if args.threads is not None and args.threads < 1:
             raise ValueError(f"--threads must be >= 1 (got {args.threads})")
-        if args.collector and not os.environ.get("EDGEKIT_TOKEN", "").strip():
-            raise ValueError("--collector needs $EDGEKIT_TOKEN set to the collector's token")
+        if args.collector:
+            from edgekit_runner.upload import collector_settings
+
+            collector_settings(args.collector, os.environ.get("EDGEKIT_TOKEN", "").strip())
     except ValueError as e:
         parser.error(str(e))
     report = run_bundle(args.bundle, settings, args.threads, cpus, accuracy=not args.no_accuracy)
@@ -233,7 +235,30 @@ def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         data = load_npz(bundle / manifest.eval_file, manifest.eval_arrays)
     except UnsafeFile as e:
         raise BundleError(f"cannot read the eval set: {e}") from None
+    problem = _eval_problem(manifest.data["model"], data)
+    if problem:
+        raise BundleError(f"the eval set {bundle / manifest.eval_file} does not fit the model: {problem}; "
+                          "rebuild the bundle")
     return manifest.data, data
+
+
+def _eval_problem(model: dict[str, Any], data: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with the eval arrays for the model the manifest describes (a classifier: inputs like
+    its first input, one integer label per sample, reference outputs like its first output), or None."""
+    inputs, labels, reference = data["inputs"], data["labels"], data.get("reference")
+    if inputs.ndim == 0 or len(inputs) == 0:
+        return f"inputs have shape {list(inputs.shape)}: no samples"
+    if labels.shape != (len(inputs),) or labels.dtype.kind not in "iu":
+        return f"labels are {labels.dtype} of shape {list(labels.shape)}; need {len(inputs)} integer class indices"
+    for name, array, specs in (("inputs", inputs, model["inputs"]), ("reference", reference, model["outputs"])):
+        if array is None or not specs:
+            continue
+        spec = specs[0]
+        if len(array) != len(inputs) or list(array.shape[1:]) != list(spec["shape"][1:]):
+            return f"{name} have shape {list(array.shape)}; the model's {spec['name']!r} is {spec['shape']} per batch"
+        if array.dtype.name != spec["dtype"]:
+            return f"{name} are {array.dtype.name}; the model's {spec['name']!r} is {spec['dtype']}"
+    return None
 
 
 def _why(e: BaseException) -> str:

@@ -13,6 +13,7 @@ rule can be tested with a fake clock.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import time
 from array import array
@@ -21,6 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+MAX_CPUS = 4096  # the kernel's CONFIG_NR_CPUS ceiling on common builds
 
 Clock = Callable[[], int]
 NS_PER_MS = 1e6
@@ -37,6 +40,10 @@ class Settings:
     max_seconds: float = 60.0
 
     def __post_init__(self) -> None:
+        for name in ("warmup_seconds", "min_seconds", "max_seconds"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value > 86_400:
+                raise ValueError(f"--{name.replace('_', '-')} must be a number of seconds up to a day (got {value})")
         if self.warmup_runs < 0 or self.warmup_seconds < 0 or self.min_seconds < 0:
             raise ValueError("warm-up runs/seconds and --min-seconds must be >= 0")
         if self.min_runs < 1:
@@ -109,15 +116,18 @@ def measure(fn: Callable[[], Any], settings: Settings, clock: Clock = time.perf_
 
 
 def parse_cpus(text: str) -> list[int]:
-    """'0,1,4-6' -> [0, 1, 4, 5, 6] (the taskset / cpuset list syntax)."""
+    """'0,1,4-6' -> [0, 1, 4, 5, 6] (the taskset / cpuset list syntax); CPU numbers below :data:`MAX_CPUS`."""
     cpus: set[int] = set()
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            lo, _, hi = part.partition("-")
-            cpus.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise ValueError(f"--cpus {text!r} is not a CPU list; write it like 0,1 or 2-3") from None
-    if not cpus or min(cpus) < 0:
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"--cpus {text[:40]!r} is not a CPU list; write it like 0,1 or 2-3") from None
+        if not 0 <= first <= last < MAX_CPUS:
+            raise ValueError(f"--cpus {text[:40]!r}: {part[:40]} is not a range of CPU numbers 0-{MAX_CPUS - 1}")
+        cpus.update(range(first, last + 1))
+    if not cpus:
         raise ValueError(f"--cpus {text!r} names no CPU; write it like 0,1 or 2-3")
     return sorted(cpus)
 
@@ -129,6 +139,6 @@ def pin_cpus(cpus: list[int]) -> dict[str, Any]:
                 "reason": "this platform has no sched_setaffinity (CPU pinning needs Linux or Android)"}
     try:
         os.sched_setaffinity(0, cpus)
-    except OSError as e:
+    except (OSError, OverflowError, ValueError) as e:
         return {"requested": cpus, "applied": False, "reason": f"sched_setaffinity({cpus}) failed: {e}"}
     return {"requested": cpus, "applied": True, "affinity": sorted(os.sched_getaffinity(0))}

@@ -18,6 +18,7 @@ from typing import Any
 MAX_DEPTH = 32
 MAX_STR = 1 << 16
 MAX_ITEMS = 100_000
+MAX_INT = (1 << 63) - 1  # int64: what SQLite, numpy and most JSON readers can hold
 
 
 class JsonError(ValueError):
@@ -42,7 +43,7 @@ def loads(raw: bytes | str, what: str) -> Any:
 
 def check(value: Any, what: str) -> None:
     """Refuse nesting over :data:`MAX_DEPTH`, strings over :data:`MAX_STR` characters, containers over
-    :data:`MAX_ITEMS` items, NaN or infinite numbers, and types JSON does not have."""
+    :data:`MAX_ITEMS` items, integers beyond int64, NaN or infinite numbers, and types JSON does not have."""
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -54,6 +55,9 @@ def check(value: Any, what: str) -> None:
         elif isinstance(item, float):
             if not math.isfinite(item):
                 raise JsonError(f"{what} holds a non-finite number ({item}); JSON has no NaN or Infinity")
+        elif isinstance(item, int) and not isinstance(item, bool):
+            if abs(item) > MAX_INT:
+                raise JsonError(f"{what} holds an integer of {len(str(abs(item)))} digits, beyond int64")
         elif isinstance(item, (dict, list)):
             if len(item) > MAX_ITEMS:
                 raise JsonError(f"{what} holds a container of {len(item)} items (limit {MAX_ITEMS})")

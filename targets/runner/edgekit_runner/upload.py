@@ -29,6 +29,7 @@ import re
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,6 +77,23 @@ def sign(token: str, timestamp: int | str, body: bytes) -> str:
     """The ``X-Edgekit-Signature`` value for ``body`` sent at ``timestamp`` (Unix seconds)."""
     message = f"{timestamp}.".encode("ascii") + body
     return "sha256=" + hmac.new(token.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def collector_settings(url: str, token: str) -> None:
+    """Raise ValueError (one line) unless ``url`` is an http(s) URL with a host and ``token`` is usable."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number in range
+    except ValueError as e:
+        raise ValueError(f"--collector {url[:80]!r} is not a URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--collector {url[:80]!r} is not an http:// or https:// URL with a host")
+    if not token:
+        raise ValueError(f"--collector needs ${TOKEN_ENV} set to the collector's token")
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"${TOKEN_ENV} is not valid text (it holds bytes that are not UTF-8)") from None
 
 
 def reports_url(url: str) -> str:
@@ -194,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
                                                               "~/.edgekit/spool)")
     args = ap.parse_args(argv)
     token = os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        print(f"error: set ${TOKEN_ENV} to the collector's token", file=sys.stderr)
+    try:
+        collector_settings(args.collector, token)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     outcomes = flush_spool(args.collector, token, args.spool or default_spool_dir())
     for outcome in outcomes:
