@@ -17,7 +17,6 @@ Writes benchmarks/results/collector.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics

@@ -8,7 +8,9 @@ next build removes the staging folders of builds that died.
 schema, says edgekit wrote it, and whose files are exactly the ones it lists with their sha256. Anything
 else (another tool's output that happens to hold a ``manifest.json``, a bundle with a file added)
 is refused and left as it was. The replacement is one ``renameat2(RENAME_EXCHANGE)`` on Linux (macOS:
-``renamex_np(RENAME_SWAP)``): a reader sees the old bundle or the new one, never none. Builds to the
+``renamex_np(RENAME_SWAP)``): a reader sees the old bundle or the new one, never none. Where the file
+system cannot exchange, two renames leave a moment without a bundle; a build killed in that moment
+leaves the old one as ``.NAME.old-PID``, which the next build puts back. Builds to the
 same folder are serialized by a lock file beside it (``.NAME.lock``, there while a build runs); the
 second one fails at once with a message naming the first.
 
@@ -32,14 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgekit_runner.files import UnsafeFile, sha256_file, walk
+from edgekit_runner.files import UnsafeFile, describe_error, link_on_the_way, sha256_file, walk
 from edgekit_runner.manifest import NAME as MANIFEST
 from edgekit_runner.manifest import SCHEMA_VERSION, ManifestError
 from edgekit_runner.manifest import read_manifest as _read_manifest
 
 from edgekit import signals
 from edgekit.errors import BundleError
-from edgekit.fsutil import remove_if_owner_dead
+from edgekit.fsutil import pid_alive, remove_if_owner_dead
 
 __all__ = ["MANIFEST", "SCHEMA_VERSION", "BundleWriter", "check_destination", "file_hashes", "read_manifest",
            "sha256_file", "verify"]
@@ -80,6 +82,7 @@ class BundleWriter:
         self.out = Path(out).absolute()
         self.force = force
         check_destination(self.out, force)
+        self._checked = _identity(self.out)  # what was there when it was checked (None: nothing)
         self.staging: Path | None = None
         self._lock: tuple[Path, int] | None = None
 
@@ -120,22 +123,31 @@ class BundleWriter:
             os.fsync(f.fileno())
         os.replace(tmp, self.staging / MANIFEST)
         _fsync_dir(self.staging)
-        check_destination(self.out, self.force)  # something may have appeared meanwhile
+        if _identity(self.out) != self._checked:  # another folder appeared there meanwhile: check it again
+            check_destination(self.out, self.force)
         with signals.critical():  # an interrupt from here on waits until the swap is done
-            if self.out.exists():
-                if not _exchange(self.staging, self.out):  # no atomic swap here: a moment without a bundle
-                    old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
-                    os.replace(self.out, old)
-                    os.replace(self.staging, self.out)
-                    self.staging = old
-            else:
-                os.replace(self.staging, self.out)
-                self.staging = None
-            _fsync_dir(self.out.parent)
-            if self.staging is not None:  # now the old bundle
-                shutil.rmtree(self.staging, ignore_errors=True)
-                self.staging = None
+            try:
+                self._swap()
+            except OSError as e:
+                raise BundleError(f"cannot put the bundle in place at {self.out}: {describe_error(e)}") from None
         return self.out
+
+    def _swap(self) -> None:
+        """Staging -> ``out`` in one step; then the old bundle (if any) is removed."""
+        assert self.staging is not None
+        if self.out.exists():
+            if not _exchange(self.staging, self.out):  # no atomic swap here: a moment without a bundle
+                old = self.out.parent / f".{self.out.name}.old-{os.getpid()}"
+                os.replace(self.out, old)
+                os.replace(self.staging, self.out)
+                self.staging = old
+        else:
+            os.replace(self.staging, self.out)
+            self.staging = None
+        _fsync_dir(self.out.parent)
+        if self.staging is not None:  # now the old bundle
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
 
 
 def file_hashes(root: Path) -> dict[str, dict[str, Any]]:
@@ -171,30 +183,33 @@ def _problems(bundle: Path, manifest: dict[str, Any]) -> list[str]:
     listed = manifest["files"]
     problems = [f"{manifest[section]['file']}: the manifest's {section} file is not in its files list"
                 for section in ("model", "eval") if manifest[section]["file"] not in listed]
-    root = bundle.resolve()
-    for rel, meta in sorted(listed.items()):
-        p = bundle / rel
-        try:
-            if not p.resolve().is_relative_to(root):
-                problems.append(f"{rel}: path escapes the bundle")
-            elif sha256_file(p) != meta["sha256"]:
-                problems.append(f"{rel}: sha256 mismatch (file was modified)")
-        except FileNotFoundError:
-            problems.append(f"{rel}: missing")
-        except (UnsafeFile, OSError) as e:
-            problems.append(f"{rel}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
     try:
-        entries = list(walk(bundle))
+        entries = dict(walk(bundle))  # links are never followed: a listed file must be there itself
     except OSError as e:
-        return [*problems, f"cannot list the bundle folder: {e.strerror or e}"]
+        return [*problems, f"cannot list the bundle folder: {describe_error(e)}"]
+    for rel, meta in sorted(listed.items()):
+        kind = entries.get(rel)
+        if kind is None:
+            link = link_on_the_way(bundle, rel)
+            problems.append(f"{rel}: reached through the symbolic link {link}" if link else f"{rel}: missing")
+        elif kind != "file":
+            problems.append(f"{rel}: {kind}, not a regular file")
+        else:
+            try:
+                if sha256_file(bundle / rel) != meta["sha256"]:
+                    problems.append(f"{rel}: sha256 mismatch (file was modified)")
+            except (UnsafeFile, OSError) as e:
+                problems.append(f"{rel}: {describe_error(e)}")
     folders = {rel.rsplit("/", 1)[0] for rel in listed if "/" in rel}  # an emptied one: its files are missing
-    for rel, kind in entries:
-        if kind == "file" and rel not in listed and rel != MANIFEST:
+    for rel, kind in entries.items():
+        if rel in listed or rel == MANIFEST:
+            continue
+        if kind == "file":
             problems.append(f"{rel}: not listed in the manifest")
-        elif kind == "empty-dir" and rel not in folders:
-            problems.append(f"{rel}: an empty folder the manifest does not list")
-        elif kind not in ("file", "empty-dir") and rel not in listed:
+        elif kind != "empty-dir":
             problems.append(f"{rel}: {kind} the manifest does not list")
+        elif rel not in folders:
+            problems.append(f"{rel}: an empty folder the manifest does not list")
     return problems
 
 
@@ -273,13 +288,22 @@ def _exchange(a: Path, b: Path) -> bool:
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
-    raise OSError(err, os.strerror(err), str(b))
+    raise OSError(err, os.strerror(err), str(b))  # commit() turns it into a BundleError
 
 
 def _remove_stale_partials(out: Path) -> None:
-    """Remove staging folders (and half-swapped old bundles) of builds whose process is gone."""
-    remove_if_owner_dead([*out.parent.glob(f".{out.name}.partial-*"), *out.parent.glob(f".{out.name}.old-*")],
-                         lambda name: name.split(".partial-" if ".partial-" in name else ".old-")[1].split("-")[0])
+    """Remove the staging folders of builds whose process is gone. A dead build's ``.NAME.old-PID`` (the
+    previous bundle, moved aside by the two-step swap where the exchange is not available) is put back
+    when ``out`` is missing, since it is then the only copy; otherwise it is removed."""
+    staging, old = f".{out.name}.partial-", f".{out.name}.old-"
+    if not (out.exists() or out.is_symlink()):
+        for p in out.parent.glob(f"{old}*"):
+            pid = p.name[len(old):]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                os.replace(p, out)
+                break
+    remove_if_owner_dead([*out.parent.glob(f"{staging}*"), *out.parent.glob(f"{old}*")],
+                         lambda name: name[len(staging if name.startswith(staging) else old):].split("-")[0])
 
 
 def _fsync_dir(path: Path) -> None:

@@ -44,12 +44,22 @@ class EdgekitGroup(click.Group):
             click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
         except Interrupted as e:
-            done = "it arrived as the last write finished, which is complete" if e.completed else "nothing was written"
-            click.echo(f"error: interrupted by {e.name}; {done}", err=True)
+            click.echo(f"error: interrupted by {e.name}{_after_interrupt(ctx.invoked_subcommand, e.completed)}",
+                       err=True)
             ctx.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
             ctx.exit(130)
+
+
+def _after_interrupt(command: str | None, completed: bool) -> str:
+    """What an interrupt left behind, by command."""
+    if command == "build":
+        return ("; it came as the bundle was swapped in, which finished: the bundle is complete" if completed
+                else "; nothing was written")
+    if command == "distill":
+        return "; the checkpoints of finished epochs are kept in --out (--resume continues)"
+    return ""
 
 
 @click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,10 +90,6 @@ def _e(value: Any) -> str:
     from rich.markup import escape
 
     return escape(str(value))
-
-
-def _num(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def _registry(ctx: click.Context):
@@ -348,18 +354,21 @@ def _native_output_to_log(debug: bool) -> Iterator[tuple[str | None, Any]]:
         keep = True  # an error: its message points at the log
         raise
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for stream in terminal:
-            stream.close()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for f in (*saved, fd):
-            os.close(f)
-        if keep:
-            os.replace(log, _kept_log(log))
-        else:
-            os.unlink(log)
+        from edgekit.signals import shielded
+
+        with shielded():  # a second Ctrl-C here must not leave stdout and stderr pointing at the log
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for stream in terminal:
+                stream.close()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for f in (*saved, fd):
+                os.close(f)
+            if keep:
+                os.replace(log, _kept_log(log))
+            else:
+                os.unlink(log)
 
 
 def _kept_log(log: str) -> str:
@@ -446,9 +455,11 @@ def inspect(bundle: Path, as_json: bool) -> None:
         con.print(_e("  inputs      " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in m["inputs"])))
         con.print(_e("  outputs     " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in m["outputs"])))
         if v:
-            con.print(_e(f"  validation  {v['where']} ({v['runtime'].get('runtime')} {v['runtime'].get('version')}): "
-                         f"max abs err {_num(v.get('max_abs_error'), '.2e')}, top-1 agreement "
-                         f"{_num(v.get('top1_agreement'), '.1%')}, {v.get('metric')} {_num(v.get('value'), '.2%')}"))
+            rt = v["runtime"]
+            con.print(_e(f"  validation  {v['where']} ({rt.get('runtime')} {rt.get('version')}): max abs err "
+                         f"{fmt_number(v.get('max_abs_error'), '.2e')}, top-1 agreement "
+                         f"{fmt_number(v.get('top1_agreement'), '.1%')}, {v.get('metric')} "
+                         f"{fmt_number(v.get('value'), '.2%')}"))
         con.print(_e("  versions    " + ", ".join(f"{k} {val}" for k, val in manifest.get("versions", {}).items())))
         con.print(f"  files       {len(manifest['files'])} listed")
         for p in problems:
@@ -459,7 +470,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
         raise BundleError(f"{bundle} failed verification: {'; '.join(problems)}")
 
 
-from edgekit.results.cli import results, serve  # noqa: E402 (light: click only)
+from edgekit.results.cli import fmt_number, results, serve  # noqa: E402 (light: click only)
 
 from edgekit.transport.cli import make_bench_command  # noqa: E402 (light: click + stdlib)
 
@@ -480,12 +491,12 @@ def _store_report(report: dict, manifest: dict) -> None:
 
         run_id = "".join(c for c in str(report.get("run_id", "unknown")) if c.isalnum())[:64] or "unknown"
         text = json.dumps(finite(report), indent=2, sort_keys=True, allow_nan=False).encode()
-        for folder in (Path.cwd(), Path(tempfile.gettempdir())):
-            kept = folder / f"edgekit-report-{run_id}.json"
+        for folder in (".", tempfile.gettempdir()):
+            kept = Path(folder).absolute() / f"edgekit-report-{run_id}.json"
             try:
                 write_bytes_atomic(kept, text)
                 break
-            except OSError:
+            except OSError:  # the working folder may be gone or read-only
                 continue
         else:
             raise ResultsError(f"the run was not stored: {e}") from None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from edgekit_runner.files import UnsafeFile, read_regular
+from edgekit_runner.files import UnsafeFile, describe_error, read_regular
 
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -71,11 +71,11 @@ def read_toml(path: Path, error: type[Exception]) -> dict[str, Any]:
     """A small TOML file (a project or a device profile), read as untrusted data: a regular file of at most
     :data:`MAX_CONFIG_BYTES`, UTF-8, valid TOML; anything else raises ``error`` with one line naming the file."""
     try:
-        text = read_regular(path, MAX_CONFIG_BYTES).decode("utf-8")
+        text = read_regular(path, MAX_CONFIG_BYTES, follow_links=True).decode("utf-8")  # trusted: links are fine
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
     except (UnsafeFile, OSError) as e:
-        raise error(f"{path}: cannot read: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
+        raise error(f"{path}: cannot read: {describe_error(e)}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

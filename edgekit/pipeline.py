@@ -29,12 +29,12 @@ import numpy as np
 import edgekit
 from edgekit import signals
 from edgekit.bundle import SCHEMA_VERSION, BundleWriter
+from edgekit.errors import ProjectError
 from edgekit.export import EXPORTERS
 from edgekit.export.base import subdir
 from edgekit.fsutil import remove_if_owner_dead
 from edgekit.plan import Plan
 from edgekit.profiles import DeviceProfile
-from edgekit.errors import ProjectError
 from edgekit.project import ProjectSpec, load_data, load_model, model_outputs
 from edgekit.quantize.schemes import Int8QAT, Mixed, scheme_from_dict
 from edgekit.train import LossFn, cross_entropy, pt2e_qat_trainer
@@ -108,7 +108,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         splits = load_data(project)
         model = load_model(project)
         ev = splits["eval"]
-        reference = reference_outputs(model, ev, project)  # checks the model entry before any training
+        reference = reference_outputs(model, splits, project)  # checks the model entry before any training
         teacher, distilled, warnings = None, None, []
         if plan.distill:
             from edgekit.distill.project import distill_for_build
@@ -127,7 +127,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
 
             check_layer_names(model, tuple(plan.quant_scheme["float_layers"]))
         if plan.distill:
-            reference = reference_outputs(model, ev, project)
+            reference = reference_outputs(model, splits, project)
         output_names = _output_names(project, len(reference))
         example = (torch.from_numpy(ev.x[: inp.shape[0]]).clone(memory_format=torch.contiguous_format),)
 
@@ -246,14 +246,16 @@ def _qat_loss(teacher: Any, distilled: dict[str, Any] | None) -> tuple[str, Loss
     return "hinton-kd", kd_loss_fn(teacher, distilled["loss"])
 
 
-def reference_outputs(model: Any, split: Any, project: ProjectSpec) -> list[np.ndarray]:
-    """The PyTorch model's outputs on ``split``: the reference every export is compared with (checked by
-    :func:`edgekit.project.model_outputs`; for a classifier, one score per class the labels can index)."""
-    arrays = model_outputs(model, split.x, f"the model ({project.model.entry})")
+def reference_outputs(model: Any, splits: dict[str, Any], project: ProjectSpec) -> list[np.ndarray]:
+    """The PyTorch model's outputs on the eval split: the reference every export is compared with (checked
+    by :func:`edgekit.project.model_outputs`; for a classifier, one score per class that every split's
+    labels can index)."""
+    arrays = model_outputs(model, splits["eval"].x, f"the model ({project.model.entry})")
     classes = int(np.prod(arrays[0].shape[1:]))
-    if project.task.kind == "classification" and split.y.size and split.y.max() >= classes:
-        raise ProjectError(f"label {int(split.y.max())} in the eval split, but the model ({project.model.entry}) "
-                           f"scores {classes} classes")
+    for name, split in splits.items():
+        if project.task.kind == "classification" and split.y.size and split.y.max() >= classes:
+            raise ProjectError(f"label {int(split.y.max())} in the {name} split, but the model "
+                               f"({project.model.entry}) scores {classes} classes")
     return arrays
 
 

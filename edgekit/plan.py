@@ -11,7 +11,6 @@ request (e.g. Core ML for a Jetson) with the combinations that would work.
 from __future__ import annotations
 
 import math
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict

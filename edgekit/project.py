@@ -274,15 +274,15 @@ def _describe(value: Any) -> str:
 
 
 def model_outputs(model: Any, x: np.ndarray, what: str) -> list[np.ndarray]:
-    """A user's model run on ``x`` in eval mode without gradients, as numpy arrays, checked: it must return a
-    tensor or a tuple/list of tensors, each with the batch first and finite. A model that raises or returns
-    anything else is a ProjectError (one line naming ``what``)."""
+    """A user's model (in the mode the caller put it in) run on ``x`` without gradients, as numpy arrays,
+    checked: it must return a tensor or a tuple/list of tensors, each with the batch first and finite. A
+    model that raises or returns anything else is a ProjectError (one line naming ``what``)."""
     import torch
 
     try:
         with torch.no_grad():
             out = model(torch.from_numpy(x))
-    except Exception as e:
+    except (Exception, SystemExit) as e:
         raise ProjectError(f"{what} failed on inputs of shape {tuple(x.shape)}: {_one_line(e)}") from e
     outputs = [out] if isinstance(out, torch.Tensor) else list(out) if isinstance(out, (list, tuple)) else None
     if not outputs or not all(isinstance(t, torch.Tensor) for t in outputs):

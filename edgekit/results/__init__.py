@@ -38,11 +38,13 @@ def edgekit_home() -> Path:
                            "folder") from None
 
 
-def private_dir(path: Path, what: str, follow: bool = True) -> Path:
+def private_dir(path: Path, what: str, follow: bool = True, tighten: bool = False) -> Path:
     """``path`` as a folder only this user can change: created (0700) if missing; refused (ResultsError) if it
     is not a folder, belongs to another user, or others may write to it -- a report, a token or a rejected body
     kept there could then be read, replaced or redirected. ``follow=False`` also refuses a symbolic link
-    (for folders inside the home, where a planted link would send writes and deletions elsewhere)."""
+    (for folders inside the home, where a planted link would send writes and deletions elsewhere).
+    ``tighten``: a folder of this user's that others may write to is made 0700 instead of refused (for
+    edgekit's own folders inside a checked home, which an earlier release created with the umask's mode)."""
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         st = path.stat() if follow else path.lstat()
@@ -56,7 +58,9 @@ def private_dir(path: Path, what: str, follow: bool = True) -> Path:
     if st.st_uid != os.getuid():
         raise ResultsError(f"the {what} {path} belongs to another user (uid {st.st_uid}); set {HOME_ENV} to a "
                            "folder you own")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and tighten:
+        path.chmod(0o700)
+    elif st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise ResultsError(f"the {what} {path} can be written by other users (mode {stat.S_IMODE(st.st_mode):o}); "
                            f"run `chmod go-w {path}`")
     return path

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from edgekit_runner.safejson import finite
 
 DEFAULT_PORT = 8765
@@ -48,16 +47,19 @@ def serve(host: str, port: int, db: Path | None, bundles: tuple[Path, ...]) -> N
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     token_hint = f"${TOKEN_ENV}" if token_source.startswith("$") else f"$(cat {token_source})"
-    click.echo(f"edgekit collector listening on {url}\n"
-               f"  reports  POST {url}{REPORTS_PATH}\n"
-               f"  store    {server.collector.store.path}\n"
-               f"  token    {token_source}\n"
-               f"  runner   EDGEKIT_TOKEN={token_hint} python -m edgekit_runner BUNDLE --collector {url}\n"
-               "Ctrl-C to stop")
-    sys.stdout.flush()
     try:
+        click.echo(f"edgekit collector listening on {url}\n"
+                   f"  reports  POST {url}{REPORTS_PATH}\n"
+                   f"  store    {server.collector.store.path}\n"
+                   f"  token    {token_source}\n"
+                   f"  runner   EDGEKIT_TOKEN={token_hint} python -m edgekit_runner BUNDLE --collector {url}\n"
+                   "Ctrl-C to stop")
+        sys.stdout.flush()
         server.serve_forever()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM (systemctl stop), SIGHUP: the way a collector stops
+        from edgekit.signals import clear
+
+        clear()
         click.echo("stopped", err=True)
     finally:
         server.server_close()
@@ -108,7 +110,8 @@ def results(device: str | None, bundle: str | None, limit: int, compare: tuple[s
                       escape(f"{r.profile or '?'} on {r.device_id or '?'}"),
                       escape(f"{r.format or '?'}/{r.backend or '?'} {r.precision or ''}".strip()),
                       escape(r.status) if r.status == "OK" else f"[red]{escape(r.status)}[/]",
-                      _fmt(r.latency_p50_ms, ".3f"), _fmt(r.latency_p90_ms, ".3f"), _fmt(r.accuracy, ".2%"))
+                      fmt_number(r.latency_p50_ms, ".3f"), fmt_number(r.latency_p90_ms, ".3f"),
+                      fmt_number(r.accuracy, ".2%"))
     Console(highlight=False).print(table)
 
 
@@ -125,12 +128,12 @@ def _print_compare(store: Any, run_a: str, run_b: str, as_json: bool) -> None:
     table = Table("", f"before {a.run_id[:8]}", f"after {b.run_id[:8]}", "delta", "change")
     for d in rows:
         if d.metric == "accuracy":  # a fraction: values in %, the delta in percentage points
-            cells = [_fmt(d.before, ".2%"), _fmt(d.after, ".2%"), _fmt(None if d.delta is None else 100 * d.delta,
-                                                                        "+.2f") + " pt"]
+            points = None if d.delta is None else 100 * d.delta
+            cells = [fmt_number(d.before, ".2%"), fmt_number(d.after, ".2%"), fmt_number(points, "+.2f") + " pt"]
         else:
             spec = ".0f" if "bytes" in d.metric else ".3f"
-            cells = [_fmt(d.before, spec), _fmt(d.after, spec), _fmt(d.delta, "+" + spec)]
-        table.add_row(d.metric, *cells, _fmt(d.change_pct, "+.1f") + ("%" if d.change_pct is not None else ""))
+            cells = [fmt_number(d.before, spec), fmt_number(d.after, spec), fmt_number(d.delta, "+" + spec)]
+        table.add_row(d.metric, *cells, fmt_number(d.change_pct, "+.1f") + ("%" if d.change_pct is not None else ""))
     Console(highlight=False).print(table)
 
 
@@ -140,5 +143,5 @@ def _manifest(bundle: Path) -> dict[str, Any]:
     return read_manifest(bundle)
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def fmt_number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)

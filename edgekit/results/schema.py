@@ -29,13 +29,13 @@ class ReportInvalid(ResultsError):
     """A report is not JSON, or not a report of a schema version this host knows (the collector answers 400)."""
 
 
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # a board without a clock (no RTC, no NTP) reports 1970
 MAX_AHEAD = timedelta(days=1)
 
 
 def _aware_iso_time(value: str) -> str:
-    """An ISO 8601 time with a time zone, between 2000 and a day ahead of this host's clock (a device
-    whose clock is that far off would put its runs out of order for good)."""
+    """An ISO 8601 time with a time zone, from 1970 to a day ahead of this host's clock: a run dated in the
+    future would stay first in every listing (runs are listed newest first)."""
     try:
         when = datetime.fromisoformat(value)
         if when.tzinfo is None or when.utcoffset() is None:
@@ -45,7 +45,7 @@ def _aware_iso_time(value: str) -> str:
         raise ValueError("must be an ISO 8601 time with a time zone, e.g. 2026-01-31T12:00:00+00:00") from None
     if not EARLIEST <= when <= datetime.now(UTC) + MAX_AHEAD:
         raise ValueError(f"{when.isoformat(timespec='seconds')} is not a plausible time for a run (expected "
-                         f"after {EARLIEST.year} and at most a day ahead of this host's clock); set the device's clock")
+                         f"from {EARLIEST.year} to a day ahead of this host's clock); set the device's clock")
     return value
 
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.fsutil import write_bytes_atomic
-from edgekit.results import ResultsError, checked_home, edgekit_home, private_dir
+from edgekit.results import ResultsError, checked_home, private_dir
 from edgekit.results.schema import SUPPORTED_VERSIONS, ReportInvalid, parse_report
 from edgekit.results.signing import MAX_SKEW_S, SIGNATURE_HEADER, TIMESTAMP_HEADER, SignatureError, ensure_token, verify
 from edgekit.results.store import ResultsStore, model_sha256
@@ -70,9 +70,9 @@ class Collector:
 
     store: ResultsStore
     token: str
+    rejected_dir: Path  # where 400'd bodies are kept (new_collector: $EDGEKIT_HOME/rejected)
     max_body: int = MAX_BODY
     max_skew_s: int = MAX_SKEW_S
-    rejected_dir: Path = field(default_factory=lambda: edgekit_home() / "rejected")
     max_rejected: int = MAX_REJECTED
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict)  # model sha256 -> bundle manifest
     received: list[str] = field(default_factory=list)  # run_ids stored by this collector, in order
@@ -111,7 +111,7 @@ class Collector:
     def keep_aside(self, body: bytes, reason: str) -> str | None:
         """Write a rejected body to ``rejected_dir`` (oldest beyond ``max_rejected`` removed); its file name."""
         try:
-            private_dir(self.rejected_dir, "folder for rejected reports", follow=False)
+            private_dir(self.rejected_dir, "folder for rejected reports", follow=False, tighten=True)
         except ResultsError as e:
             log.warning("not keeping a rejected body: %s", e)
             return None
@@ -310,8 +310,9 @@ def new_collector(db: Path | str | None = None, token: str | None = None, *, max
                   manifests: Iterable[dict[str, Any]] = (), rejected_dir: Path | None = None) -> Collector:
     """A collector over the store at ``db`` (default ``$EDGEKIT_HOME/results.db``); the token defaults to
     ``$EDGEKIT_TOKEN`` or the token file (created if missing)."""
-    collector = Collector(ResultsStore(db), token or ensure_token()[0], max_body=max_body)
-    collector.rejected_dir = Path(rejected_dir) if rejected_dir is not None else checked_home() / "rejected"
+    collector = Collector(ResultsStore(db), token or ensure_token()[0],
+                          Path(rejected_dir) if rejected_dir is not None else checked_home() / "rejected",
+                          max_body=max_body)
     for manifest in manifests:
         collector.add_manifest(manifest)
     return collector

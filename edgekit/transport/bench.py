@@ -25,6 +25,7 @@ from typing import Any
 from edgekit_runner import safejson
 from edgekit_runner.files import UnsafeFile, open_regular, read_regular
 from edgekit_runner.report import EXIT_CODES
+from edgekit_runner.upload import MAX_REPORT_BYTES
 
 from edgekit.bundle import MANIFEST, verify
 from edgekit.errors import BundleError
@@ -43,7 +44,6 @@ from edgekit.transport.base import (
 
 RUNNER_EXIT = {code: status for status, code in EXIT_CODES.items()}  # the runner's exit code -> status
 MAX_BACKOFF_S = 30.0
-MAX_REPORT_BYTES = 16 << 20  # a report is a few KB; a device sending more is not sending a report
 
 
 def open_transport(target: Target, connect_timeout: float = 10.0, transfer_timeout: float = 300.0) -> Transport:

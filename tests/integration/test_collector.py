@@ -13,13 +13,13 @@ import sys
 import time
 
 import pytest
+from collector_client import SHA, TOKEN, health, raw_request, report_json, signed_headers
 from edgekit_runner import upload
-from edgekit_runner.report import RunReport
 
 from edgekit.results import ResultsError
-from edgekit.results.server import DRAIN_LIMIT, HEALTH_PATH, REPORTS_PATH, serve_in_thread
+from edgekit.results.server import DRAIN_LIMIT, REPORTS_PATH, serve_in_thread
 from edgekit.results.store import ResultsStore
-from collector_client import SHA, TOKEN, health, raw_request, report_json, signed_headers
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):

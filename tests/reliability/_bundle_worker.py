@@ -15,12 +15,9 @@ from pathlib import Path
 
 from edgekit.bundle import BundleWriter, verify
 from edgekit.errors import BundleError
+from tests.manifests import manifest
 
-MANIFEST = {"schema_version": 1, "kind": "edgekit-bundle", "created_at": "now",
-            "profile": {"id": "x", "name": "X"}, "project": {"name": "p", "task": "classification"},
-            "model": {"file": "model.bin", "format": "onnx", "backend": "cpu", "runtime": "onnxruntime",
-                      "precision": "fp32", "bytes": 0, "inputs": [], "outputs": []},
-            "eval": {"file": "eval.npz", "n_samples": 0, "arrays": {}}}
+MANIFEST = manifest(model__file="model.bin")
 
 
 def write(out: Path, n: int) -> dict:

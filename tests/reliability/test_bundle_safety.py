@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -118,7 +117,8 @@ def test_concurrent_builds_to_one_folder_are_serialized_with_a_clear_refusal(tmp
     writers = [_worker("write", str(out), "25") for _ in range(3)]
     results = [json.loads(w.communicate(timeout=180)[0]) for w in writers]
     assert [r["errors"] for r in results] == [[], [], []]  # only "another edgekit build ... is writing"
-    assert sum(r["written"] for r in results) >= 25 and verify(out)[1] == []
+    assert [r["written"] + r["refused"] for r in results] == [25, 25, 25]
+    assert sum(r["written"] for r in results) >= 1 and verify(out)[1] == []
     assert _names(tmp_path) == ["b"]
 
 
@@ -163,13 +163,17 @@ def test_a_listed_file_replaced_by_a_fifo_is_a_problem_not_a_hang(bundle_copy):
     assert any(p.startswith("model.onnx:") and "a FIFO, not a regular file" in p for p in problems)
 
 
+RUN_AND_MEASURE = ("import resource, sys; from edgekit_runner.__main__ import main; rc = main(sys.argv[1:]); "
+                   "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
+                   "sys.exit(rc)")
+
+
 def _run_runner(bundle: Path, timeout: float = 120) -> tuple[dict, str, int, float]:
-    """Run the runner in a child process: (report, stderr, exit code, the child's peak RSS in MB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run([sys.executable, "-m", "edgekit_runner", str(bundle), *FAST], capture_output=True,
+    """Run the runner in a child process: (report, stderr, exit code, the child's own peak RSS in MB)."""
+    proc = subprocess.run([sys.executable, "-c", RUN_AND_MEASURE, str(bundle), *FAST], capture_output=True,
                           text=True, timeout=timeout)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return json.loads(proc.stdout), proc.stderr, proc.returncode, max(peak, before) / 1024
+    peak_kb = int(proc.stderr.strip().splitlines()[-1].split()[-1])
+    return json.loads(proc.stdout), proc.stderr, proc.returncode, peak_kb / 1024
 
 
 def _relist(bundle: Path, name: str) -> None:
@@ -220,3 +224,29 @@ def test_runner_checks_eval_shapes_before_loading_a_compressed_bomb(bundle_copy)
     assert rc == 2 and report["status"] == "INFRA_ERROR" and "Traceback" not in stderr
     assert "array 'inputs' has shape [268435456] but is declared" in report["error"]
     assert peak_mb < 700, f"the runner reached {peak_mb:.0f} MB"  # loading it would take over 1024 MB
+
+
+@pytest.mark.parametrize("plant", ["loop", "linked-folder"])
+def test_links_inside_a_bundle_are_problems_everywhere_not_tracebacks(plant, bundle_copy, tmp_path, capsys):
+    """A listed file that is a link to itself (a loop), or reached through a linked folder, is named by
+    inspect and refused by the runner and by build --force, without a traceback."""
+    if plant == "loop":
+        (bundle_copy / "model.onnx").unlink()
+        (bundle_copy / "model.onnx").symlink_to("model.onnx")
+        expected = "model.onnx: a symbolic link, not a regular file"
+    else:
+        import shutil
+
+        shutil.move(str(bundle_copy / "edgekit_runner"), tmp_path / "runner-elsewhere")
+        (bundle_copy / "edgekit_runner").symlink_to(tmp_path / "runner-elsewhere")
+        expected = "edgekit_runner/__init__.py: reached through the symbolic link edgekit_runner"
+    assert expected in verify(bundle_copy)[1]
+    result = CliRunner().invoke(cli, ["inspect", str(bundle_copy)])
+    assert result.exit_code == 6 and expected in result.output
+    assert _build_force(bundle_copy).exit_code == 6
+    if plant == "loop":
+        from edgekit_runner.__main__ import main as runner_main
+
+        assert runner_main([str(bundle_copy), *FAST]) == 2
+        report = json.loads(capsys.readouterr().out)
+        assert "reached through the symbolic link model.onnx" in report["error"]

@@ -82,12 +82,15 @@ def test_acknowledged_reports_survive_load_bad_requests_and_kill_9(tmp_path):
                 status = _bad_request(url, n + i)
                 with lock:
                     bad_statuses.append(status)
+            time.sleep(0.02)  # a device's pace, so that the kill lands in the middle of the load
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
     for t in threads:
         t.start()
     db = home / "results.db"
+    deadline = time.monotonic() + 120
     while not db.exists() or len(_stored(db)) < 60:  # kill it in the middle of the load
+        assert server.poll() is None and time.monotonic() < deadline, "the collector stopped or stalled"
         time.sleep(0.01)
     server.send_signal(signal.SIGKILL)
     server.wait(timeout=30)

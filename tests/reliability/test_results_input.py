@@ -58,13 +58,17 @@ def test_results_shows_rich_markup_from_a_device_as_text(home):
 @pytest.mark.parametrize("created_at, why", [
     ("9999-12-31T23:59:59+00:00", "not a plausible time"),
     ("0001-01-01T00:00:00+00:00", "not a plausible time"),
-    ("1970-01-01T00:00:00+00:00", "not a plausible time"),
+    ("1969-12-31T23:59:59+00:00", "not a plausible time"),
     ("2026-01-01T00:00:00", "must be an ISO 8601 time with a time zone"),
     ("2026-01-01T00:00:00+25:00", "must be an ISO 8601 time with a time zone"),
 ])
 def test_implausible_or_zoneless_run_times_are_refused(created_at, why):
     with pytest.raises(ReportInvalid, match=why):
         parse_report(_report(created_at=created_at))
+
+
+def test_a_board_without_a_clock_reports_1970_and_is_stored(home):
+    assert ResultsStore().add(_report(created_at="1970-01-01T00:00:07+00:00"))
 
 
 def test_a_future_dated_report_cannot_pin_itself_first(home):

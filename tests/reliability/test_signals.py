@@ -84,3 +84,61 @@ def test_the_next_build_removes_what_a_killed_build_left(tmp_path):
     assert second.wait(timeout=120) == 143
     kept.unlink()
     _assert_nothing_written(out, tmp)
+
+
+# ---------------------------------------------------------------- the collector, nohup, critical sections
+
+def _serve(tmp_path: Path, preexec=None) -> subprocess.Popen:
+    env = {**os.environ, "EDGEKIT_HOME": str(tmp_path / "home"), "EDGEKIT_TOKEN": "t" * 32, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", "--port", "0"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+    assert "listening on" in proc.stdout.readline()
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_the_collector_stops_cleanly_on_ctrl_c_and_sigterm(sig, tmp_path):
+    """Stopping is how a collector ends (Ctrl-C, `systemctl stop`): exit 0, "stopped", no error."""
+    proc = _serve(tmp_path)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and stderr.strip().splitlines()[-1] == "stopped", stderr
+
+
+def test_a_signal_the_parent_ignores_stays_ignored(tmp_path):
+    """`nohup edgekit serve`: SIGHUP was set to be ignored before edgekit started; it must stay so."""
+    proc = _serve(tmp_path, preexec=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert proc.poll() is None  # still serving
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+
+
+def test_a_signal_inside_a_critical_section_waits_for_its_end():
+    from edgekit import signals
+
+    done = []
+    with pytest.raises(signals.Interrupted) as caught:
+        with signals.handle_signals():
+            with signals.critical():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(10_000):  # the handler runs in here, and only records
+                    pass
+                done.append("swap finished")
+    assert done == ["swap finished"] and caught.value.completed and caught.value.exit_code == 143
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
+
+
+def test_handlers_are_restored_and_a_caught_interrupt_is_not_raised_again():
+    from edgekit import signals
+
+    before = {s: signal.getsignal(s) for s in signals.HANDLED}
+    with signals.handle_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):
+                pass
+        except KeyboardInterrupt:
+            signals.clear()  # what `edgekit serve` does: stopping was the point
+    assert {s: signal.getsignal(s) for s in signals.HANDLED} == before

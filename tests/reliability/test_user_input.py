@@ -15,6 +15,8 @@ from edgekit_runner.manifest import NAME as MANIFEST
 
 from edgekit.cli import cli
 
+ROOT_DIR = Path(__file__).resolve().parents[2]
+
 DEEP = {"a": None}
 for _ in range(200):
     DEEP = {"a": DEEP}
@@ -213,3 +215,24 @@ def test_a_project_file_that_is_not_utf8_or_not_a_file(tmp_path):
     (tmp_path / "edgekit.toml").write_bytes(b'name = "\xff"\n')
     result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--project", str(tmp_path), "--dry-run"])
     assert result.exit_code == 2 and "not UTF-8 text" in result.output
+
+
+def test_project_and_profile_files_may_be_symbolic_links(tmp_path):
+    """Trusted configuration kept as links (stow, a monorepo's shared config, Nix) is read through them."""
+    (tmp_path / "real").mkdir()
+    project = _project(tmp_path / "real")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "edgekit.toml").symlink_to(project / "edgekit.toml")
+    for name in ("model.py", "data.py"):
+        (linked / name).symlink_to(project / name)
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "my-board.toml").write_text((ROOT_DIR / "device_profiles" / "host-cpu.toml").read_text()
+                                            .replace('id = "host-cpu"', 'id = "my-board"'))
+    (profiles / "my-board-link.toml").symlink_to(profiles / "my-board.toml")
+    result = CliRunner().invoke(cli, ["--profiles-dir", str(profiles), "build", "-d", "my-board", "--project",
+                                      str(linked), "--format", "onnx", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["--profiles-dir", str(profiles), "profiles", "show", "my-board-link"])
+    assert result.exit_code == 2 and "field 'id' is 'my-board' but the file is named 'my-board-link'" in result.output

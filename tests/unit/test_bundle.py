@@ -6,16 +6,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from manifests import manifest
 
 from edgekit.bundle import MANIFEST, BundleWriter, verify
 from edgekit.cli import cli
 from edgekit.errors import BundleError
 
-MANIFEST_BASE = {"schema_version": 1, "kind": "edgekit-bundle", "created_at": "now",
-                 "profile": {"id": "x", "name": "X"}, "project": {"name": "p", "task": "classification"},
-                 "model": {"file": "model.bin", "format": "onnx", "backend": "cpu", "runtime": "onnxruntime",
-                           "precision": "fp32", "bytes": 5, "inputs": [], "outputs": []},
-                 "eval": {"file": "eval.npz", "n_samples": 0, "arrays": {}}}
+MANIFEST_BASE = manifest(model__file="model.bin")
 
 
 def write(out: Path, payload: bytes = b"model", force: bool = False) -> Path:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgekit_runner import evaluate, measure, runtimes, sysinfo
-from edgekit_runner.files import UnsafeFile, load_npz, sha256_file
+from edgekit_runner.files import UnsafeFile, describe_error, link_on_the_way, load_npz, sha256_file
 from edgekit_runner.manifest import ManifestError, read_manifest
 from edgekit_runner.memory import MemoryProbe
 from edgekit_runner.report import EXIT_CODES, INFRA_ERROR, MODEL_ERROR, OK, RunReport, write_atomic
@@ -215,15 +215,17 @@ def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except ManifestError as e:
         raise BundleError(str(e)) from None
     for name in (manifest.model_file, manifest.eval_file):
-        if not (bundle / name).resolve().is_relative_to(bundle.resolve()):
-            raise BundleError(f"manifest.json names {name!r}, which is outside the bundle; rebuild the bundle")
+        if link := link_on_the_way(bundle, name):
+            raise BundleError(f"bundle file {name} is reached through the symbolic link {link}; a bundle holds its "
+                              "files themselves: push the bundle again")
         expected = manifest.files.get(name, {}).get("sha256")
         if not expected:
             raise BundleError(f"manifest.json has no sha256 for {name}; rebuild the bundle")
         try:
             actual = sha256_file(bundle / name)
         except (OSError, UnsafeFile) as e:
-            raise BundleError(f"bundle file {name} is missing or unusable: {_why(e)}; push the bundle again") from None
+            raise BundleError(f"bundle file {name} is missing or unusable: {describe_error(e)}; push the bundle "
+                              "again") from None
         if actual != expected:
             raise BundleError(f"bundle file {name} does not match the sha256 in manifest.json (modified, or cut "
                               "short in transfer); push the bundle again or rebuild it")
@@ -231,38 +233,41 @@ def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if missing:
         raise BundleError(f"the eval set {bundle / manifest.eval_file} has no {' or '.join(sorted(missing))} array; "
                           "rebuild the bundle")
-    try:
-        data = load_npz(bundle / manifest.eval_file, manifest.eval_arrays)
-    except UnsafeFile as e:
-        raise BundleError(f"cannot read the eval set: {e}") from None
-    problem = _eval_problem(manifest.data["model"], data)
+    shapes = manifest.eval_arrays
+    problem = _eval_problem(manifest.data["model"], shapes, manifest.data["eval"]["n_samples"])
+    if problem is None:  # the declared shapes fit the model: load (load_npz checks the files against them)
+        try:
+            data = load_npz(bundle / manifest.eval_file, shapes)
+        except UnsafeFile as e:
+            raise BundleError(f"cannot read the eval set: {e}") from None
+        problem = _eval_problem(manifest.data["model"], shapes, len(data["inputs"]),
+                                {name: a.dtype.name for name, a in data.items()})
     if problem:
         raise BundleError(f"the eval set {bundle / manifest.eval_file} does not fit the model: {problem}; "
                           "rebuild the bundle")
     return manifest.data, data
 
 
-def _eval_problem(model: dict[str, Any], data: dict[str, np.ndarray]) -> str | None:
+def _eval_problem(model: dict[str, Any], shapes: dict[str, tuple[int, ...]], n_samples: int,
+                  dtypes: dict[str, str] | None = None) -> str | None:
     """What is wrong with the eval arrays for the model the manifest describes (a classifier: inputs like
-    its first input, one integer label per sample, reference outputs like its first output), or None."""
-    inputs, labels, reference = data["inputs"], data["labels"], data.get("reference")
-    if inputs.ndim == 0 or len(inputs) == 0:
-        return f"inputs have shape {list(inputs.shape)}: no samples"
-    if labels.shape != (len(inputs),) or labels.dtype.kind not in "iu":
-        return f"labels are {labels.dtype} of shape {list(labels.shape)}; need {len(inputs)} integer class indices"
-    for name, array, specs in (("inputs", inputs, model["inputs"]), ("reference", reference, model["outputs"])):
-        if array is None or not specs:
+    its first input, one integer label per sample, reference outputs like its first output), or None.
+    Checked on the declared shapes before anything is loaded, and with the loaded ``dtypes`` after."""
+    inputs, labels = shapes["inputs"], shapes["labels"]
+    if not inputs or inputs[0] == 0 or inputs[0] != n_samples:
+        return f"inputs have shape {list(inputs)} for {n_samples} samples"
+    if labels != (n_samples,) or (dtypes and np.dtype(dtypes["labels"]).kind not in "iu"):
+        return (f"labels are {dtypes['labels'] if dtypes else 'arrays'} of shape {list(labels)}; need {n_samples} "
+                "integer class indices")
+    for name, specs in (("inputs", model["inputs"]), ("reference", model["outputs"])):
+        if name not in shapes or not specs:
             continue
-        spec = specs[0]
-        if len(array) != len(inputs) or list(array.shape[1:]) != list(spec["shape"][1:]):
-            return f"{name} have shape {list(array.shape)}; the model's {spec['name']!r} is {spec['shape']} per batch"
-        if array.dtype.name != spec["dtype"]:
-            return f"{name} are {array.dtype.name}; the model's {spec['name']!r} is {spec['dtype']}"
+        spec, shape = specs[0], shapes[name]
+        if len(shape) != len(spec["shape"]) or shape[0] != n_samples or list(shape[1:]) != list(spec["shape"][1:]):
+            return f"{name} have shape {list(shape)}; the model's {spec['name']!r} is {spec['shape']} per batch"
+        if dtypes and dtypes[name] != spec["dtype"]:
+            return f"{name} are {dtypes[name]}; the model's {spec['name']!r} is {spec['dtype']}"
     return None
-
-
-def _why(e: BaseException) -> str:
-    return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,17 @@ from typing import IO, TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-MAX_EVAL_BYTES = 2 << 30  # decompressed eval arrays, all together
+MAX_EVAL_BYTES = 1 << 30  # decompressed eval arrays, all together
 
 
 class UnsafeFile(Exception):
     """A path that is not a regular file, or a file that is larger than allowed; the message is one line."""
 
 
-def open_regular(path: Path) -> IO[bytes]:
-    """Open ``path`` for reading if it is a regular file (not a symlink, FIFO, device or folder)."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+def open_regular(path: Path, follow_links: bool = False) -> IO[bytes]:
+    """Open ``path`` for reading if it is a regular file (not a FIFO, device or folder; not a symbolic link
+    either, unless ``follow_links``: for trusted config files that a user may keep as links)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
     try:
         fd = os.open(path, flags)
     except OSError as e:
@@ -46,9 +47,9 @@ def open_regular(path: Path) -> IO[bytes]:
         raise
 
 
-def read_regular(path: Path, limit: int) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes."""
-    with open_regular(path) as f:
+def read_regular(path: Path, limit: int, follow_links: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see :func:`open_regular`)."""
+    with open_regular(path, follow_links) as f:
         size = os.fstat(f.fileno()).st_size
         if size > limit:
             raise UnsafeFile(f"{path} is {size} bytes (limit {limit})")
@@ -64,6 +65,25 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def link_on_the_way(root: Path, rel: str) -> str | None:
+    """The first component of ``root/rel`` below ``root`` that is a symbolic link (``rel`` itself included), or
+    None. A bundle's files are reached without links: a link could lead outside the bundle, or in a loop."""
+    path = Path(root)
+    for part in rel.split("/"):
+        path = path / part
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                return str(path.relative_to(root))
+        except OSError:
+            return None  # missing: the caller's open says so
+    return None
+
+
+def describe_error(e: BaseException) -> str:
+    """An OSError as its short reason ("No such file or directory"), anything else as its message."""
+    return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+
+
 def describe_mode(mode: int) -> str:
     kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
              (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
@@ -73,7 +93,8 @@ def describe_mode(mode: int) -> str:
 def walk(root: Path) -> Iterator[tuple[str, str]]:
     """Every entry under ``root`` as (relative POSIX path, kind), links never followed. Kinds: ``file``
     (regular), ``empty-dir`` (a folder with nothing in it), or what else it is (a symbolic link, a FIFO, ...).
-    Folders that hold something are not listed themselves; ``__pycache__`` folders are skipped."""
+    Folders that hold something are not listed themselves; ``__pycache__`` folders and macOS Finder's
+    ``.DS_Store`` files are skipped (Python and the Finder write them where they run)."""
     stack = [(Path(root), "")]
     while stack:
         folder, prefix = stack.pop()
@@ -82,6 +103,8 @@ def walk(root: Path) -> Iterator[tuple[str, str]]:
         if not entries and prefix:
             yield prefix.rstrip("/"), "empty-dir"
         for entry in entries:
+            if entry.name == ".DS_Store":
+                continue
             rel = prefix + entry.name
             mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISDIR(mode):

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgekit_runner import safejson
-from edgekit_runner.files import UnsafeFile, read_regular
+from edgekit_runner.files import UnsafeFile, describe_error, read_regular
 
 NAME = "manifest.json"
 KIND = "edgekit-bundle"
@@ -207,8 +207,7 @@ def read_manifest(bundle: Path) -> Manifest:
     except FileNotFoundError:
         raise ManifestError(f"no {NAME} in {bundle}: not a bundle (make one with `edgekit build`)") from None
     except (UnsafeFile, OSError) as e:
-        raise ManifestError(f"cannot read {path}: {e.strerror if isinstance(e, OSError) and e.strerror else e}") \
-            from None
+        raise ManifestError(f"cannot read {path}: {describe_error(e)}") from None
     try:
         data = safejson.loads(raw, str(path))
     except safejson.JsonError as e:

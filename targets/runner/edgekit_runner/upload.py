@@ -47,7 +47,7 @@ TOKEN_ENV = "EDGEKIT_TOKEN"
 FAILED = "failed"
 MAX_BACKOFF_S = 30.0
 RETRYABLE_4XX = (408, 429)
-MAX_REPORT_BYTES = 16 << 20
+MAX_REPORT_BYTES = 16 << 20  # a report is a few KB: anything larger is not one
 _RUN_ID = re.compile(r"[0-9a-f]{16,64}")
 # The collector is reached directly (or through an ssh tunnel), never through an http_proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
