@@ -84,7 +84,7 @@ def test_force_replaces_an_intact_bundle(tmp_path, onnx_bundle):
     import shutil
 
     out = Path(shutil.copytree(onnx_bundle, tmp_path / "out"))
-    (out / "edgekit_runner" / "__pycache__").mkdir()  # what running the bundle's runner copy leaves
+    (out / "edgekit_runner" / "__pycache__").mkdir(exist_ok=True)  # what running the bundle's runner copy leaves
     (out / "edgekit_runner" / "__pycache__" / "x.pyc").write_bytes(b"cache")
     result = _build_force(out)
     assert result.exit_code == 0, result.output
@@ -163,9 +163,10 @@ def test_a_listed_file_replaced_by_a_fifo_is_a_problem_not_a_hang(bundle_copy):
     assert any(p.startswith("model.onnx:") and "a FIFO, not a regular file" in p for p in problems)
 
 
-RUN_AND_MEASURE = ("import resource, sys; from edgekit_runner.__main__ import main; rc = main(sys.argv[1:]); "
-                   "print('peak-rss-kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-                   "sys.exit(rc)")
+# VmHWM, not getrusage: a child's ru_maxrss starts at the parent's RSS at fork time (Linux carries it over exec)
+RUN_AND_MEASURE = ("import re, sys; from edgekit_runner.__main__ import main; rc = main(sys.argv[1:]); "
+                   "print('peak-rss-kb', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1], "
+                   "file=sys.stderr); sys.exit(rc)")
 
 
 def _run_runner(bundle: Path, timeout: float = 120) -> tuple[dict, str, int, float]:

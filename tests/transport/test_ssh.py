@@ -87,7 +87,8 @@ def test_ctrl_c_stops_the_runner_on_the_device(sshd, onnx_bundle, tmp_path):
 
 
 def test_closed_port_is_infra_error_after_bounded_retries(onnx_bundle, tmp_path):
-    spec = f"ssh://nobody@127.0.0.1:{free_port()}?python=python3&identity={tmp_path / 'no-key'}"
+    (tmp_path / "a-key").write_text("not a real key")  # the target names a file that exists
+    spec = f"ssh://nobody@127.0.0.1:{free_port()}?python=python3&identity={tmp_path / 'a-key'}"
     outcome = run_bundle(onnx_bundle, spec, retries=2, backoff=0.05, connect_timeout=2)
     assert outcome.status == INFRA_ERROR and outcome.attempts == 3
     assert "cannot reach" in outcome.error and "Connection refused" in outcome.error

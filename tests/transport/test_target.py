@@ -26,6 +26,7 @@ def test_local_and_adb_forms():
 
 def test_ssh_form_with_options_and_cli_overrides(tmp_path):
     key = tmp_path / "id"
+    key.write_text("a key file")
     t = parse_target(f"ssh://pi@raspberrypi.local:2222?python=/usr/bin/python3&identity={key}"
                      "&ssh_option=ProxyJump=gw&ssh_option=Compression=yes")
     assert (t.kind, t.user, t.host, t.port, t.python, t.identity) == (
