@@ -41,7 +41,7 @@ class EdgekitGroup(click.Group):
         except EdgekitError as e:
             if ctx.obj is not None and ctx.obj.debug:
                 raise
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {one_line(str(e))}", err=True)
             ctx.exit(e.exit_code)
         except Interrupted as e:
             click.echo(f"error: interrupted by {e.name}{_after_interrupt(ctx.invoked_subcommand, e.completed)}",
@@ -50,6 +50,12 @@ class EdgekitGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
             ctx.exit(130)
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: newlines and other control characters (a file name or a device's
+    answer may hold them, terminal escapes included) are shown escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _after_interrupt(command: str | None, completed: bool) -> str:

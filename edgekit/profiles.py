@@ -198,7 +198,7 @@ def parse_profile_file(path: Path) -> DeviceProfile:
 def describe_validation_error(e: ValidationError) -> str:
     """Pydantic's first error as one line: field path, problem, the value given."""
     err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    where = ".".join(str(p) if str(p).isprintable() else repr(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"]
     if err["type"] == "missing":
         return f"field '{where}' is missing"

@@ -113,7 +113,7 @@ def fuzz_bundle(built, tmp_path_factory) -> Path:
     return Path(shutil.copytree(built("jetson-orin-nano"), tmp_path_factory.mktemp("fuzz") / "bundle"))
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=2000)
 @given(data=st.data())
 def test_fuzz_manifest_readers(data, manifest_doc, fuzz_bundle):
     doc = data.draw(mutated(manifest_doc, json_values))
@@ -163,7 +163,7 @@ def _fuzz_toml(data: st.DataObject, original: Path, dest: Path) -> None:
         dest.write_bytes(bytes(raw))
 
 
-@settings(FUZZ, max_examples=250)
+@settings(FUZZ, max_examples=1000)
 @given(data=st.data())
 def test_fuzz_project_file(data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("project", numbered=True)
@@ -177,7 +177,7 @@ def test_fuzz_project_file(data, tmp_path_factory):
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
 
 
-@settings(FUZZ, max_examples=250)
+@settings(FUZZ, max_examples=1000)
 @given(data=st.data())
 def test_fuzz_device_profile(data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("profiles", numbered=True)
@@ -197,7 +197,7 @@ def test_fuzz_device_profile(data, tmp_path_factory):
 REPORT = json.loads(report_json(memory={"peak_rss_run_mb": 12.5}, timing={"load_ms": 3.0}))
 
 
-@settings(FUZZ, max_examples=400)
+@settings(FUZZ, max_examples=1500)
 @given(data=st.data())
 def test_fuzz_report_parse_store_and_display(data, tmp_path_factory, monkeypatch):
     doc = data.draw(mutated(REPORT, json_values))
@@ -216,7 +216,7 @@ def test_fuzz_report_parse_store_and_display(data, tmp_path_factory, monkeypatch
     json.loads(result.output, parse_constant=lambda name: pytest.fail(f"non-standard JSON {name}"))
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=100)
 @given(bodies=st.lists(st.one_of(st.binary(max_size=100), mutated(REPORT, json_values).map(
     lambda d: json.dumps(d).encode())), min_size=1, max_size=4))
 def test_fuzz_runner_spool_delivery(bodies, tmp_path_factory):
@@ -246,7 +246,7 @@ def collector(tmp_path_factory):
 header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255, blacklist_characters="\r\n"), max_size=40)
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=1000)
 @given(method=st.sampled_from(["GET", "POST", "PUT", "POST", "BREW", "post", ""]),
        path=st.sampled_from([REPORTS_PATH, "/api/v1/health", "/", "/../../etc/passwd", "*", "x" * 70_000]),
        version=st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/9.9", "", "HTTP/1.1 extra"]),
@@ -279,7 +279,7 @@ def test_fuzz_collector_http(collector, method, path, version, length, headers, 
         assert s.recv(100).startswith(b"HTTP/1.0 200")
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=1500)
 @given(doc=mutated(REPORT, json_values), raw=st.booleans())
 def test_fuzz_collector_receive(collector, doc, raw):
     body = json.dumps(doc).encode() if not raw else json.dumps(doc).encode()[::-1]
@@ -298,7 +298,7 @@ def npz_bytes(built) -> bytes:
     return (built("jetson-orin-nano") / "eval.npz").read_bytes()
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=1500)
 @given(data=st.data())
 def test_fuzz_eval_npz(data, npz_bytes, tmp_path_factory):
     """Damaged archives and headers: the arrays come back, or UnsafeFile; memory stays within the limit."""
