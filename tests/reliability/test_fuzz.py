@@ -163,18 +163,25 @@ def _fuzz_toml(data: st.DataObject, original: Path, dest: Path) -> None:
         dest.write_bytes(bytes(raw))
 
 
+def _check_config(read, path: Path, error: type[Exception], commands: list[list[str]], codes: tuple[int, ...]) -> None:
+    """The reader accepts ``path`` or raises ``error`` in one line; each CLI command exits with one of ``codes``."""
+    try:
+        read(path)
+    except error as e:
+        _one_line(e)
+    for args in commands:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code in codes, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+
+
 @settings(FUZZ, max_examples=1000)
 @given(data=st.data())
 def test_fuzz_project_file(data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("project", numbered=True)
     _fuzz_toml(data, ROOT / "edgekit.toml", folder / "edgekit.toml")
-    try:
-        load_project(folder)
-    except ProjectError as e:
-        _one_line(e)
-    result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--project", str(folder), "--dry-run"])
-    assert result.exit_code in (0, 2, 3), result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    _check_config(load_project, folder, ProjectError,
+                  [["build", "-d", "host-cpu", "--project", str(folder), "--dry-run"]], (0, 2, 3))
 
 
 @settings(FUZZ, max_examples=1000)
@@ -182,14 +189,9 @@ def test_fuzz_project_file(data, tmp_path_factory):
 def test_fuzz_device_profile(data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("profiles", numbered=True)
     _fuzz_toml(data, BUILTIN_DIR / "pixel8.toml", folder / "pixel8.toml")
-    try:
-        parse_profile_file(folder / "pixel8.toml")
-    except ProfileError as e:
-        _one_line(e)
-    for args in (["profiles", "show", "pixel8"], ["profiles", "list"]):
-        result = CliRunner().invoke(cli, ["--profiles-dir", str(folder), *args])
-        assert result.exit_code in (0, 2), result.output
-        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    _check_config(parse_profile_file, folder / "pixel8.toml", ProfileError,
+                  [["--profiles-dir", str(folder), *args] for args in (["profiles", "show", "pixel8"],
+                                                                       ["profiles", "list"])], (0, 2))
 
 
 # ---------------------------------------------------------------- run reports: host, store, display, runner
