@@ -34,9 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgekit_runner.files import UnsafeFile, describe_error, link_on_the_way, sha256_file, walk
+from edgekit_runner.files import UnsafeFile, describe_error, link_on_the_way, read_regular, sha256_file, walk
 from edgekit_runner.manifest import NAME as MANIFEST
 from edgekit_runner.manifest import SCHEMA_VERSION, ManifestError
+from edgekit_runner.manifest import validate as validate_manifest
 from edgekit_runner.manifest import read_manifest as _read_manifest
 
 from edgekit import signals
@@ -47,7 +48,7 @@ __all__ = ["MANIFEST", "SCHEMA_VERSION", "BundleWriter", "check_destination", "f
            "sha256_file", "verify"]
 
 
-def check_destination(out: Path, force: bool) -> None:
+def check_destination(out: Path, force: bool, locked: bool = False) -> None:
     """Fail before any work if ``out`` cannot be written: it exists (without ``force``), or it is not a
     bundle that edgekit wrote and that is intact (even with ``force``)."""
     out = Path(out)
@@ -67,6 +68,10 @@ def check_destination(out: Path, force: bool) -> None:
     if out.is_symlink() or not out.is_dir():
         raise BundleError(f"{out} is {'a symbolic link' if out.is_symlink() else 'not a folder'}; refusing to "
                           "replace it even with --force; choose another --out")
+    holder = None if locked else _lock_holder(out)
+    if holder:
+        raise BundleError(f"another edgekit build (pid {holder}) is writing {out}; wait for it to finish or choose "
+                          "another --out")
     try:
         _, problems = verify(out)
     except BundleError as e:
@@ -81,8 +86,8 @@ class BundleWriter:
     def __init__(self, out: Path, force: bool = False):
         self.out = Path(out).absolute()
         self.force = force
-        check_destination(self.out, force)
-        self._checked = _identity(self.out)  # what was there when it was checked (None: nothing)
+        check_destination(self.out, force)  # early, before any work; again under the lock in __enter__
+        self._checked: tuple[int, int] | None = None
         self.staging: Path | None = None
         self._lock: tuple[Path, int] | None = None
 
@@ -95,6 +100,8 @@ class BundleWriter:
         self._lock = _lock(self.out)
         try:
             _remove_stale_partials(self.out)
+            check_destination(self.out, self.force, locked=True)  # no other build can change it from here on
+            self._checked = _identity(self.out)
             self.staging = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-{os.getpid()}-",
                                                  dir=self.out.parent))
             umask = os.umask(0)
@@ -116,6 +123,10 @@ class BundleWriter:
         """Hash every staged file into the manifest, write it last, and swap the folder in."""
         assert self.staging is not None
         manifest = dict(manifest, files=file_hashes(self.staging))
+        try:  # a build never writes a manifest its own readers would refuse
+            validate_manifest(json.loads(json.dumps(manifest, default=str)), "the new manifest")
+        except ManifestError as e:
+            raise BundleError(f"internal error, the bundle was not written: {e}") from None
         tmp = self.staging / f".{MANIFEST}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True, default=str, allow_nan=False)
@@ -257,6 +268,15 @@ def _lock(out: Path) -> tuple[Path, int]:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
     return path, fd
+
+
+def _lock_holder(out: Path) -> str | None:
+    """The pid of a live build holding ``out``'s lock, or None."""
+    try:
+        holder = read_regular(out.parent / f".{out.name}.lock", 64).decode("ascii", "replace").strip()
+    except (OSError, UnsafeFile):
+        return None
+    return holder if holder.isdigit() and int(holder) != os.getpid() and pid_alive(int(holder)) else None
 
 
 def _unlock(lock: tuple[Path, int]) -> None:

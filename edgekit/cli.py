@@ -210,16 +210,13 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
           max_accuracy_drop: float | None, distill: bool, out: Path | None, force: bool, dry_run: bool,
           as_json: bool) -> None:
     """Export, validate and bundle the project's model for DEVICE."""
+    from edgekit.api import plan_build
     from edgekit.bundle import check_destination
-    from edgekit.plan import make_plan
-    from edgekit.project import load_project
 
-    profile = _registry(ctx).load(device)
-    spec = load_project(project)
-    plan = make_plan(profile, fmt, backend, quant=quant, calib_samples=calib_samples, qat_epochs=qat_epochs,
-                     group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop,
-                     distill=distill and spec.teacher is not None)
-    out = out or Path("build") / profile.id
+    request = plan_build(device, project, quant=quant, format=fmt, backend=backend, distill=distill, out=out,
+                         profiles_dirs=ctx.obj.profiles_dirs, calib_samples=calib_samples, qat_epochs=qat_epochs,
+                         group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop)
+    profile, spec, plan, out = request.profile, request.project, request.plan, request.out
     if dry_run:
         _print_plan(_console(), plan, spec, out)
         return
@@ -285,7 +282,13 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     rows = {
         "size": [f"{b / 1024:.1f} KiB" for _, _, b in columns] + [""],
         v.metric: [f"{c[1].value:.2%}" for c in columns] + [f"{v.reference_value:.2%}"],
-        "top-1 agreement with fp32": [f"{c[1].top1_agreement:.1%}" for c in columns] + [""],
+    }
+    if v.top1_agreement is not None:
+        rows["top-1 agreement with fp32"] = [f"{c[1].top1_agreement:.1%}" for c in columns] + [""]
+    if "cosine_min" in v.metrics and v.top1_agreement is None:
+        rows["cosine to PyTorch (mean / min)"] = [
+            f"{c[1].metrics['cosine_mean']:.5f} / {c[1].metrics['cosine_min']:.5f}" for c in columns] + [""]
+    rows |= {
         "max abs error": [f"{c[1].max_abs_error:.2e}" for c in columns] + [""],
         "SQNR vs PyTorch": [_sqnr(c[1]) for c in columns] + [""],
         "host latency (median)": [f"{c[1].host_latency_ms['median']:.3f} ms" for c in columns] + [""],
@@ -296,7 +299,8 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     if result.sensitivity is not None:
         _print_sensitivity(con, result.sensitivity)
     check = (f"max abs error <= {v.atol:g}" if v.atol is not None
-             else f"accuracy drop {v.accuracy_drop:.2f} <= {v.max_accuracy_drop:g} points")
+             else f"accuracy drop {v.accuracy_drop:.2f} <= {v.max_accuracy_drop:g} points"
+             if v.max_accuracy_drop is not None else f"the {result.plan.task} task's thresholds")
     con.print(f"  passed: {check}; latency is this host's (batch {v.host_latency_ms['batch']}), not the device's")
     for w in result.warnings:
         con.print(f"  [yellow]warning[/]: {_e(w)}")
@@ -446,6 +450,8 @@ def quantize_report(ctx: click.Context, device: str, project: Path | None, calib
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and problems as JSON.")
 def inspect(bundle: Path, as_json: bool) -> None:
     """Print a bundle's manifest and verify the sha256 of every file."""
+    from edgekit_runner.manifest import Manifest
+
     from edgekit.bundle import verify
     from edgekit.errors import BundleError
 
@@ -458,8 +464,11 @@ def inspect(bundle: Path, as_json: bool) -> None:
         con.print(f"[bold]{_e(bundle)}[/] — {_e(manifest['profile']['name'])} ({_e(manifest['profile']['id'])}), "
                   f"built {_e(manifest['created_at'])}")
         con.print(_e(f"  model       {m['file']}: {m['format']}/{m['backend']} {m['precision']}, {m['bytes']} bytes"))
-        con.print(_e("  inputs      " + ", ".join(f"{i['name']} {i['shape']} {i['dtype']}" for i in m["inputs"])))
-        con.print(_e("  outputs     " + ", ".join(f"{o['name']} {o['shape']} {o['dtype']}" for o in m["outputs"])))
+        typed = Manifest(manifest)
+        con.print(_e(f"  task        {typed.task}"))
+        for method in typed.methods:
+            ins, outs = ([f"{t.name} {list(t.shape)} {t.dtype}" for t in ts] for ts in (method.inputs, method.outputs))
+            con.print(_e(f"  {method.name:<11} {', '.join(ins)} -> {', '.join(outs)}"))
         if v:
             rt = v["runtime"]
             con.print(_e(f"  validation  {v['where']} ({rt.get('runtime')} {rt.get('version')}): max abs err "

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from edgekit_runner.manifest import INPUT, REFERENCE, MethodSpec, TensorSpec
 
 import edgekit
 from edgekit import signals
@@ -99,7 +100,8 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         on_stage(name, detail)
 
     exporter = EXPORTERS[plan.format]
-    inp = project.inputs[0]
+    classifier = project.task.kind == "classification"
+    input_names = [i.name for i in project.inputs]
     remove_dead_temp()
     with BundleWriter(out, force) as writer, \
             tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as work:
@@ -113,7 +115,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         if plan.distill:
             from edgekit.distill.project import distill_for_build
 
-            stage("distill", f"teacher {project.teacher.entry}")
+            stage("distill", f"teacher {project.teacher.source}")
             model, teacher, distilled = distill_for_build(project, splits, model, lambda msg: stage("distill", msg))
             if distilled["student_accuracy"] < distilled["original_student_accuracy"]:
                 n = len(splits["eval"].y)
@@ -129,17 +131,22 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         if plan.distill:
             reference = reference_outputs(model, splits, project)
         output_names = _output_names(project, len(reference))
-        example = (torch.from_numpy(ev.x[: inp.shape[0]]).clone(memory_format=torch.contiguous_format),)
+        eval_inputs = ev.named(project)
+        batch = project.inputs[0].shape[0]
+        example = tuple(torch.from_numpy(eval_inputs[n][:batch]).clone(memory_format=torch.contiguous_format)
+                        for n in input_names)
 
         stage("export", f"{plan.format}/{plan.backend} fp32")
-        names = {"input_names": [inp.name], "output_names": output_names}
+        names = {"input_names": input_names, "output_names": output_names}
         fp32 = exporter.export(model, example, plan.backend, subdir(work, "fp32"), **names)
 
         def check(result: Any, atol: float | None, drop: float | None) -> ValidationResult:
             on_host = plan.validation == "target-runtime"
-            v = validate(result.model_path if on_host else result.twin_path, plan.runtime, ev.x, ev.y, reference,
-                         output_names, atol, plan.validation, target=plan.runtime_target if on_host else None,
-                         max_accuracy_drop=drop)
+            v = validate(result.model_path if on_host else result.twin_path, plan.runtime, eval_inputs, ev.y,
+                         reference, output_names, atol, plan.validation,
+                         target=plan.runtime_target if on_host else None,
+                         max_accuracy_drop=drop if classifier else None,
+                         task=project.task.kind, task_options=project.task.options(), quantized=result is not fp32)
             v.raise_if_failed()
             return v
 
@@ -149,7 +156,8 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         result, validation, sensitivity = fp32, fp32_validation, None
         if plan.quant_scheme:
             scheme = scheme_from_dict(plan.quant_scheme)
-            calib, fine_tune = splits["calib"].x, None
+            calib = splits["calib"].x if len(input_names) == 1 else splits["calib"].named(project)
+            fine_tune = None
             if isinstance(scheme, Mixed):
                 from edgekit.quantize.sensitivity import analyze
 
@@ -164,10 +172,11 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
                                              lambda e, n, loss: stage("qat", f"epoch {e}/{n}, loss {loss:.4f}"))
                 stage("qat", f"{scheme.epochs} epochs on {len(splits['train'].x)} train samples, {loss_name} loss")
             else:
-                if len(calib) < scheme.calib_samples:
-                    warnings.append(f"calibration split has {len(calib)} samples, fewer than the "
-                                    f"{scheme.calib_samples} requested; used {len(calib)}")
-                used = min(len(calib), scheme.calib_samples)
+                n_calib = len(splits["calib"].x)
+                if n_calib < scheme.calib_samples:
+                    warnings.append(f"calibration split has {n_calib} samples, fewer than the "
+                                    f"{scheme.calib_samples} requested; used {n_calib}")
+                used = min(n_calib, scheme.calib_samples)
                 stage("quantize", f"{plan.quant} with the backend's own quantizer"
                                   + (f", {used} calibration samples" if used else ", no calibration"))
             result = exporter.export(model, example, plan.backend, subdir(work, "quant"), **names,
@@ -177,7 +186,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
             if isinstance(scheme, Int8QAT):
                 result.details["quantization"]["loss"] = loss_name
                 if loss_name == "hinton-kd":
-                    result.details["quantization"]["kd"] = {"teacher": project.teacher.entry, **distilled["loss"]}
+                    result.details["quantization"]["kd"] = {"teacher": project.teacher.source, **distilled["loss"]}
             stage("validate-quantized", f"{plan.quant} against PyTorch fp32")
             validation = check(result, None, plan.max_accuracy_drop)
 
@@ -185,45 +194,52 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         staging = writer.staging
         model_file = f"model{exporter.extension}"
         shutil.copy2(result.model_path, staging / model_file)
-        np.savez(staging / "eval.npz", inputs=ev.x, labels=ev.y, reference=reference[0])
+        arrays = {**{INPUT + n: a for n, a in eval_inputs.items()}, **({"labels": ev.y} if ev.y is not None else {}),
+                  **{REFERENCE + n: r for n, r in zip(output_names, reference)}}
+        np.savez(staging / "eval.npz", **arrays)
+        tokenizer = _copy_tokenizer(project, staging)
         _copy_runner(staging / "edgekit_runner")
-        manifest = _manifest(profile, project, plan, staging / model_file, output_names, reference, ev,
+        manifest = _manifest(profile, project, plan, staging / model_file, output_names, reference, arrays,
                              result, validation, None if result is fp32 else (fp32, fp32_validation), warnings,
-                             distilled)
+                             distilled, tokenizer)
         stage("done", "")
         manifest["timings_s"] = timings
+        from edgekit.bundle_readme import write_readme
+
+        write_readme(staging, manifest)
         bundle = writer.commit(manifest)
     return BuildResult(bundle, plan, manifest, validation, timings,
                        None if result is fp32 else fp32_validation, warnings, sensitivity)
 
 
 def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_path: Path, output_names: list[str],
-              reference: list[np.ndarray], ev: Any, result: Any, validation: ValidationResult,
+              reference: list[np.ndarray], arrays: dict[str, np.ndarray], result: Any, validation: ValidationResult,
               baseline: tuple[Any, ValidationResult] | None, warnings: list[str],
-              distilled: dict[str, Any] | None) -> dict[str, Any]:
-    """What the bundle says about itself (file hashes are added when it is committed)."""
-    inp = project.inputs[0]
+              distilled: dict[str, Any] | None, tokenizer: dict[str, Any] | None) -> dict[str, Any]:
+    """What the bundle says about itself (schema 2; file hashes are added when it is committed)."""
+    batch = project.inputs[0].shape[0]
+    forward = MethodSpec("forward", tuple(TensorSpec(i.name, i.dtype, tuple(i.shape)) for i in project.inputs),
+                         tuple(TensorSpec(n, str(r.dtype), (batch, *r.shape[1:]))
+                               for n, r in zip(output_names, reference)))
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "edgekit-bundle",
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "profile": {"id": profile.id, "name": profile.name, "soc": profile.soc,
                     "schema_version": profile.schema_version, "budgets": profile.budgets.model_dump()},
-        "project": {"name": project.name, "task": project.task.kind, "metric": project.task.metric,
-                    "model_entry": project.model.entry},
+        "project": {"name": project.name, "model_entry": project.model.source},
+        "task": project.task.options(),
         "plan": plan.model_dump(),
         "model": {
             "file": model_path.name, "format": plan.format, "backend": plan.backend,
             "runtime": plan.runtime, "runtime_target": plan.runtime_target, "precision": plan.precision,
-            "bytes": model_path.stat().st_size,
-            "inputs": [{"name": inp.name, "shape": list(inp.shape), "dtype": inp.dtype}],
-            "outputs": [{"name": n, "shape": [inp.shape[0], *r.shape[1:]], "dtype": str(r.dtype)}
-                        for n, r in zip(output_names, reference)],
-            "export_details": result.details,
+            "bytes": model_path.stat().st_size, "export_details": result.details,
         },
-        "eval": {"file": "eval.npz", "n_samples": len(ev.x),
-                 "arrays": {"inputs": list(ev.x.shape), "labels": list(ev.y.shape),
-                            "reference": list(reference[0].shape)}},
+        "methods": [forward.to_dict()],
+        "eval": {"file": "eval.npz", "n_samples": len(reference[0]),
+                 "arrays": {k: list(a.shape) for k, a in arrays.items()}},
+        "tokenizer": tokenizer,
+        "readme": "README.md",
         "runner": {"package": "edgekit_runner", "command": "python -m edgekit_runner ."},
         "distill": distilled,
         "validation": validation.to_dict(),
@@ -234,6 +250,19 @@ def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_pa
         "versions": tool_versions(),
         "seed": project.seed,
     }
+
+
+def _copy_tokenizer(project: ProjectSpec, staging: Path) -> dict[str, Any] | None:
+    """The project's tokenizer, into the bundle: an app tokenizes exactly as the host did."""
+    if project.model.hf is None:
+        return None
+    from edgekit import hf
+
+    folder = hf.resolve(project.root, project.model.hf)
+    shutil.copy2(folder / hf.TOKENIZER, staging / hf.TOKENIZER)
+    length = project.inputs[0].shape[1] if len(project.inputs[0].shape) == 2 else None
+    return {"file": hf.TOKENIZER, "kind": "huggingface-tokenizers", "max_length": length,
+            "inputs": [i.name for i in project.inputs], "padding": "to max_length", "truncation": True}
 
 
 def _qat_loss(teacher: Any, distilled: dict[str, Any] | None) -> tuple[str, LossFn]:
@@ -250,12 +279,13 @@ def reference_outputs(model: Any, splits: dict[str, Any], project: ProjectSpec) 
     """The PyTorch model's outputs on the eval split: the reference every export is compared with (checked
     by :func:`edgekit.project.model_outputs`; for a classifier, one score per class that every split's
     labels can index)."""
-    arrays = model_outputs(model, splits["eval"].x, f"the model ({project.model.entry})")
+    eval_inputs = splits["eval"].named(project)
+    arrays = model_outputs(model, [eval_inputs[i.name] for i in project.inputs], f"the model ({project.model.source})")
     classes = int(np.prod(arrays[0].shape[1:]))
     for name, split in splits.items():
         if project.task.kind == "classification" and split.y.size and split.y.max() >= classes:
             raise ProjectError(f"label {int(split.y.max())} in the {name} split, but the model "
-                               f"({project.model.entry}) scores {classes} classes")
+                               f"({project.model.source}) scores {classes} classes")
     return arrays
 
 

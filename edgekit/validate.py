@@ -34,14 +34,16 @@ class ValidationResult:
     n_samples: int
     atol: float | None  # None for quantized artifacts: judged by the accuracy budget instead
     outputs: list[OutputComparison]
-    top1_agreement: float
-    metric: str
+    top1_agreement: float | None  # classification; None for other tasks
+    metric: str  # the task's headline metric (accuracy; retrieval_agreement)
     value: float
-    reference_value: float
+    reference_value: float  # the same metric for the PyTorch reference outputs
     host_latency_ms: dict[str, Any] = field(default_factory=dict)
     max_accuracy_drop: float | None = None  # percentage points vs the PyTorch fp32 reference
     # The tensors as the runtime names them (e.g. LiteRT's serving_default_image:0), for app developers.
     runtime_io: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # everything the task measured (edgekit_runner.tasks)
+    task_failure: str | None = None  # the task's own verdict (embedding: cosine, retrieval thresholds)
 
     @property
     def max_abs_error(self) -> float:
@@ -56,21 +58,26 @@ class ValidationResult:
     def passed(self) -> bool:
         close = self.atol is None or all(o.max_abs_error <= self.atol for o in self.outputs)
         budget = self.max_accuracy_drop is None or self.accuracy_drop <= self.max_accuracy_drop + 1e-9
-        return close and budget
+        return close and budget and self.task_failure is None
 
     def raise_if_failed(self) -> None:
+        if self.task_failure is not None:
+            raise ValidationFailed(f"{self.artifact}: {self.task_failure} ({self.runtime.get('runtime')} "
+                                   f"{self.runtime.get('version')}, {self.n_samples} samples)")
         if self.max_accuracy_drop is not None and not self.accuracy_drop <= self.max_accuracy_drop + 1e-9:
             raise ValidationFailed(
                 f"{self.artifact}: {self.metric} {self.value:.2%} is {self.accuracy_drop:.2f} points below "
                 f"PyTorch fp32 {self.reference_value:.2%}, over the budget of {self.max_accuracy_drop:g} points "
-                f"(top-1 agreement {self.top1_agreement:.1%}); try more --calib-samples or --quant none"
+                + (f"(top-1 agreement {self.top1_agreement:.1%}); " if self.top1_agreement is not None else "; ")
+                + "try more --calib-samples or --quant none"
             )
         for o in self.outputs:
             if self.atol is not None and not (o.max_abs_error <= self.atol):  # NaN fails too
                 raise ValidationFailed(
                     f"output {o.name!r} of {self.artifact} differs from PyTorch by up to {o.max_abs_error:.3g} "
-                    f"(tolerance {self.atol:g}; top-1 agreement {self.top1_agreement:.1%}, "
-                    f"{self.runtime.get('runtime')} {self.runtime.get('version')})"
+                    f"(tolerance {self.atol:g}; "
+                    + (f"top-1 agreement {self.top1_agreement:.1%}, " if self.top1_agreement is not None else "")
+                    + f"{self.runtime.get('runtime')} {self.runtime.get('version')})"
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,13 +90,16 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None  # keeps manifest.json standard JSON (no Infinity)
 
 
-def validate(artifact: Path, runtime: str, inputs: np.ndarray, labels: np.ndarray,
-             reference: list[np.ndarray], output_names: list[str], atol: float | None, where: str,
-             target: str | None = None, timing_runs: int = 50,
-             max_accuracy_drop: float | None = None) -> ValidationResult:
-    """Run ``artifact`` on ``inputs`` in ``runtime`` and compare with ``reference`` outputs."""
+def validate(artifact: Path, runtime: str, inputs: np.ndarray | dict[str, np.ndarray],
+             labels: np.ndarray | None, reference: list[np.ndarray], output_names: list[str], atol: float | None,
+             where: str, target: str | None = None, timing_runs: int = 50, max_accuracy_drop: float | None = None,
+             *, task: str = "classification", task_options: dict[str, Any] | None = None,
+             quantized: bool = False) -> ValidationResult:
+    """Run ``artifact`` on ``inputs`` (one array, or one per input by name, in the model's input order) in
+    ``runtime`` and compare with the PyTorch ``reference`` outputs; score both with the task."""
     from edgekit.quantize.numerics import sqnr_db
     from edgekit_runner import evaluate, runtimes
+    from edgekit_runner.tasks import get_task
 
     model = runtimes.load(artifact, runtime, target=target)
     outs = evaluate.run_dataset(model, inputs)
@@ -103,12 +113,23 @@ def validate(artifact: Path, runtime: str, inputs: np.ndarray, labels: np.ndarra
         diff = np.abs(got.reshape(ref.shape).astype(np.float64) - ref)
         comparisons.append(OutputComparison(name, float(diff.max()), float(diff.mean()), list(ref.shape),
                                             _finite(sqnr_db(ref, got.reshape(ref.shape)))))
-    pred, ref_pred = evaluate.top1(outs[0]), evaluate.top1(reference[0])
-    latency = evaluate.time_model(model, inputs[: evaluate.batch_size(model)], runs=timing_runs, warmup=5)
+    kind = get_task(task)
+    shaped = [got.reshape(ref.shape) for got, ref in zip(outs, reference)]
+    metrics = kind.score(dict(zip(output_names, shaped)), {} if labels is None else {"labels": labels},
+                         dict(zip(output_names, reference)))
+    judgement = kind.judge(metrics, task_options or {}, quantized)
+    sample = evaluate.as_input_list(model, inputs)
+    latency = evaluate.time_model(model, [a[: evaluate.batch_size(model)] for a in sample], runs=timing_runs,
+                                  warmup=5)
     return ValidationResult(
-        where=where, runtime=model.info, artifact=artifact.name, n_samples=len(inputs), atol=atol,
-        outputs=comparisons, top1_agreement=float((pred == ref_pred).mean()), metric="accuracy",
-        value=float((pred == labels).mean()), reference_value=float((ref_pred == labels).mean()),
+        where=where, runtime=model.info, artifact=artifact.name, n_samples=len(sample[0]), atol=atol,
+        outputs=comparisons, top1_agreement=metrics.get("top1_agreement"), metric=kind.metric,
+        value=float(metrics[kind.metric]), reference_value=float(metrics[f"reference_{kind.metric}"]),
         host_latency_ms=latency, max_accuracy_drop=max_accuracy_drop,
         runtime_io={"inputs": [asdict(t) for t in model.inputs], "outputs": [asdict(t) for t in model.outputs]},
+        metrics=_finite_all(metrics), task_failure=judgement.reason,
     )
+
+
+def _finite_all(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_finite(v) if isinstance(v, float) else v) for k, v in metrics.items()}

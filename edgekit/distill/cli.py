@@ -67,7 +67,8 @@ def distill_command(project: Path | None, method: str | None, temperature: float
     settings = (spec.distill or DistillSpec()).model_copy(update=overrides)
     con = Console(highlight=False, soft_wrap=True)
     con.print(f"[bold]edgekit distill[/] — project {escape(repr(spec.name))}: {settings.method}, "
-              f"T={settings.temperature:g}, alpha={settings.alpha:g}, {settings.epochs} epochs, batch {settings.batch_size}, lr {settings.lr:g}")
+              f"T={settings.temperature:g}, alpha={settings.alpha:g}, {settings.epochs} epochs, "
+              f"batch {settings.batch_size}, lr {settings.lr:g}")
     with warnings.catch_warnings(record=True) as caught, _ProgressView(con) as view:
         warnings.simplefilter("always", category=DistillWarning)
         result = distill_project(spec, settings, out_dir=out, resume=resume, seed=seed, device=device,

@@ -49,10 +49,9 @@ class OnnxExporter(Exporter):
         fp32_path = path if quant is None else out_dir / f"model-fp32{self.extension}"
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                program = torch.onnx.export(ep, example_inputs, dynamo=True, verbose=False,
-                                            input_names=input_names, output_names=output_names)
+                program = torch.onnx.export(ep, example_inputs, dynamo=True, verbose=False)
             program.save(str(fp32_path))
-            node_modules = _strip_debug_info(fp32_path)
+            node_modules = _strip_debug_info(fp32_path, input_names, output_names)
             onnx.checker.check_model(str(fp32_path), full_check=True)
         except Exception as e:
             raise ExportError(f"ONNX export failed: {summarize(e)}") from e
@@ -71,16 +70,18 @@ class OnnxExporter(Exporter):
                             details={"opset": opset, **details})
 
 
-def _strip_debug_info(path: Path) -> dict[str, str]:
+def _strip_debug_info(path: Path, input_names: list[str] | None = None,
+                      output_names: list[str] | None = None) -> dict[str, str]:
     """Drop what only a debugger needs (per-node stack traces, intermediate value_info) from a
     deployable file; a few KB that matter for small models. Shapes are re-inferred by runtimes.
-    Returns {node name: PyTorch module path} read from the exporter's name scopes first (mixed
-    precision excludes nodes by the layer they came from)."""
+    Graph inputs and outputs get the project's names. Returns {node name: PyTorch module path} read
+    from the exporter's name scopes first (mixed precision excludes nodes by the layer they came from)."""
     import ast
 
     import onnx
 
     model = onnx.load(str(path))
+    _rename_io(model.graph, input_names, output_names)
     modules = {}
     for node in model.graph.node:
         scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
@@ -93,3 +94,37 @@ def _strip_debug_info(path: Path) -> dict[str, str]:
     del model.graph.value_info[:]
     onnx.save(model, str(path))
     return modules
+
+
+def _rename_io(graph: Any, input_names: list[str] | None, output_names: list[str] | None) -> None:
+    """Give the graph's inputs and outputs these names. torch's exporter names values after the ops that make
+    them (an ``aten.embedding`` output is ``embedding``), so an internal value that already has a wanted
+    name is renamed out of the way first (the exporter's own renaming then fails the SSA check)."""
+    wanted = dict(zip([v.name for v in graph.input if v.name not in {i.name for i in graph.initializer}],
+                      input_names or []))
+    wanted.update(zip([v.name for v in graph.output], output_names or []))
+    wanted = {old: new for old, new in wanted.items() if old != new}
+    if not wanted:
+        return
+    taken = {n for node in graph.node for n in (*node.input, *node.output)} | {v.name for v in graph.input}
+    taken |= {i.name for i in graph.initializer} | {v.name for v in graph.output}
+    mapping = dict(wanted)
+    for new in wanted.values():
+        if new in taken and new not in wanted:  # an internal value holds the name: give it another
+            alias, k = f"{new}__internal", 0
+            while alias in taken:
+                k += 1
+                alias = f"{new}__internal{k}"
+            mapping[new] = alias
+            taken.add(alias)
+
+    def rename(name: str) -> str:
+        return mapping.get(name, name)
+
+    for node in graph.node:
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        value.name = rename(value.name)
+    for init in graph.initializer:
+        init.name = rename(init.name)

@@ -102,7 +102,7 @@ def results(device: str | None, bundle: str | None, limit: int, compare: tuple[s
                    "; `edgekit bench BUNDLE --on TARGET` adds runs")
         return
     table = Table("run", "created (UTC)", "device", "format/backend precision", "status", "p50 ms", "p90 ms",
-                  "accuracy", box=box.SIMPLE_HEAD, caption=f"{len(runs)} run(s) in {store.path}")
+                  "task metric", box=box.SIMPLE_HEAD, caption=f"{len(runs)} run(s) in {store.path}")
     for i in (0, 4, 5, 6, 7):  # ids, statuses and figures are never cut; names wrap
         table.columns[i].no_wrap = True
     for r in runs:  # every stored string came from a device: shown as text, never as rich markup
@@ -111,7 +111,7 @@ def results(device: str | None, bundle: str | None, limit: int, compare: tuple[s
                       escape(f"{r.format or '?'}/{r.backend or '?'} {r.precision or ''}".strip()),
                       escape(r.status) if r.status == "OK" else f"[red]{escape(r.status)}[/]",
                       fmt_number(r.latency_p50_ms, ".3f"), fmt_number(r.latency_p90_ms, ".3f"),
-                      fmt_number(r.accuracy, ".2%"))
+                      escape(f"{r.metric} " if r.metric else "") + fmt_metric(r.metric, r.metric_value))
     Console(highlight=False).print(table)
 
 
@@ -122,18 +122,20 @@ def _print_compare(store: Any, run_a: str, run_b: str, as_json: bool) -> None:
                                        "change_pct": d.change_pct} for d in rows]), indent=2, allow_nan=False))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     a, b = store.get(run_a), store.get(run_b)
     table = Table("", f"before {a.run_id[:8]}", f"after {b.run_id[:8]}", "delta", "change")
     for d in rows:
-        if d.metric == "accuracy":  # a fraction: values in %, the delta in percentage points
+        if d.metric in FRACTIONS:  # a fraction: values in %, the delta in percentage points
             points = None if d.delta is None else 100 * d.delta
             cells = [fmt_number(d.before, ".2%"), fmt_number(d.after, ".2%"), fmt_number(points, "+.2f") + " pt"]
         else:
-            spec = ".0f" if "bytes" in d.metric else ".3f"
+            spec = ".0f" if "bytes" in d.metric else ".3f" if "(m" in d.metric else ".4f"
             cells = [fmt_number(d.before, spec), fmt_number(d.after, spec), fmt_number(d.delta, "+" + spec)]
-        table.add_row(d.metric, *cells, fmt_number(d.change_pct, "+.1f") + ("%" if d.change_pct is not None else ""))
+        change = fmt_number(d.change_pct, "+.1f") + ("%" if d.change_pct is not None else "")
+        table.add_row(escape(d.metric), *cells, change)
     Console(highlight=False).print(table)
 
 
@@ -145,3 +147,11 @@ def _manifest(bundle: Path) -> dict[str, Any]:
 
 def fmt_number(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+FRACTIONS = ("accuracy", "reference_accuracy", "top1_agreement", "retrieval_agreement",
+             "reference_retrieval_agreement")  # shown in %, their deltas in points
+
+
+def fmt_metric(name: str | None, value: float | None) -> str:
+    return fmt_number(value, ".2%" if name in FRACTIONS else ".4f")

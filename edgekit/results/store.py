@@ -69,12 +69,32 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX runs_device ON runs (device_id, profile);
     CREATE INDEX runs_model ON runs (model_sha256);
     """,
+    # 3: task metrics kept generically: the task, its headline metric and value on each run, and every numeric
+    #    metric a task reports in run_metrics (backfilled from the stored reports; schema-1/2 runs are classifiers)
+    """
+    ALTER TABLE runs ADD COLUMN task TEXT;
+    ALTER TABLE runs ADD COLUMN metric TEXT;
+    ALTER TABLE runs ADD COLUMN metric_value REAL;
+    CREATE TABLE run_metrics (
+        run_id TEXT NOT NULL REFERENCES runs (run_id),
+        name   TEXT NOT NULL,
+        value  REAL NOT NULL,
+        PRIMARY KEY (run_id, name)
+    );
+    UPDATE runs SET task = coalesce(json_extract(report, '$.metrics.task'), 'classification'),
+                    metric = coalesce(json_extract(report, '$.metrics.metric'), 'accuracy');
+    UPDATE runs SET metric_value = json_extract(report, '$.metrics.' || metric);
+    INSERT INTO run_metrics (run_id, name, value)
+        SELECT runs.run_id, m.key, m.value FROM runs, json_each(runs.report, '$.metrics') AS m
+        WHERE m.type IN ('integer', 'real');
+    """,
 )
 LATEST = len(MIGRATIONS)
 
 COLUMNS = ("run_id", "schema_version", "created_at", "received_at", "status", "device_id", "profile",
            "bundle_path", "format", "backend", "precision", "model_sha256", "latency_p50_ms", "latency_p90_ms",
-           "accuracy", "model_bytes", "peak_rss_mb", "report", "manifest")
+           "accuracy", "model_bytes", "peak_rss_mb", "task", "metric", "metric_value", "report", "manifest")
+SKIPPED_METRICS = ("n_samples", "nonfinite_outputs", "embedding_dim")  # counts, not quality: not compared
 
 
 @dataclass(frozen=True)
@@ -98,8 +118,17 @@ class Run:
     accuracy: float | None
     model_bytes: int | None
     peak_rss_mb: float | None
+    task: str | None
+    metric: str | None  # the task's headline metric (accuracy, retrieval_agreement)
+    metric_value: float | None
     report: dict[str, Any]
     manifest: dict[str, Any] | None
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Every numeric metric the task reported."""
+        return {k: v for k, v in (self.report.get("metrics") or {}).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
     def summary(self) -> dict[str, Any]:
         """Every column but the two JSON documents."""
@@ -124,7 +153,7 @@ class Delta:
 
 
 COMPARED = (("latency p50 (ms)", "latency_p50_ms"), ("latency p90 (ms)", "latency_p90_ms"),
-            ("accuracy", "accuracy"), ("model size (bytes)", "model_bytes"), ("peak RSS (MB)", "peak_rss_mb"))
+            ("model size (bytes)", "model_bytes"), ("peak RSS (MB)", "peak_rss_mb"))
 
 
 def default_db_path() -> Path:
@@ -144,6 +173,7 @@ def manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "created_at": manifest.get("created_at"),
         "profile": {k: manifest.get("profile", {}).get(k) for k in ("id", "name", "soc", "budgets")},
         "project": manifest.get("project"),
+        "task": (manifest.get("task") or {}).get("kind") or (manifest.get("project") or {}).get("task"),
         "model": {k: model.get(k) for k in ("file", "format", "backend", "precision", "runtime", "bytes")},
         "model_sha256": model_sha256(manifest),
         "quant": manifest.get("plan", {}).get("quant"),
@@ -197,10 +227,21 @@ class ResultsStore:
         row = _row(report, summary, received_at or datetime.now(UTC))
         # One writer at a time within this process: SQLite's own busy wait polls with growing sleeps, so
         # threads racing for its write lock (the collector's handlers) waited up to 2 s (benchmarks/collector.py).
+        metrics = [(report.run_id, k, v) for k, v in report.metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         with self._write_lock, self._connect() as conn:
-            cur = conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                               tuple(row.values()))
-            return cur.rowcount == 1
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cur = conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(row)}) "
+                                   f"VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+                new = cur.rowcount == 1
+                if new:
+                    conn.executemany("INSERT INTO run_metrics (run_id, name, value) VALUES (?, ?, ?)", metrics)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return new
 
     def get(self, run_id: str) -> Run:
         """One run by its id or a unique prefix of it (at least 4 hex digits, as `edgekit results` shows)."""
@@ -242,9 +283,14 @@ class ResultsStore:
             return [_run(r) for r in conn.execute(sql, args).fetchall()]
 
     def compare(self, before: str, after: str) -> list[Delta]:
-        """Before/after of latency p50/p90, accuracy, model size and peak RSS (None where a run lacks it)."""
+        """Before/after of latency p50/p90, every task metric either run reports (its headline metric first),
+        model size and peak RSS (None where a run lacks it)."""
         a, b = self.get(before), self.get(after)
-        return [Delta(label, getattr(a, col), getattr(b, col)) for label, col in COMPARED]
+        names = [n for n in dict.fromkeys([a.metric, b.metric, *a.metrics, *b.metrics])
+                 if n and n not in SKIPPED_METRICS and (n in a.metrics or n in b.metrics)]
+        rows = [Delta(label, getattr(a, col), getattr(b, col)) for label, col in COMPARED[:2]]
+        rows += [Delta(n, a.metrics.get(n), b.metrics.get(n)) for n in names]
+        return rows + [Delta(label, getattr(a, col), getattr(b, col)) for label, col in COMPARED[2:]]
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[str] = MIGRATIONS) -> int:
@@ -303,6 +349,9 @@ def _row(report: RunReport, manifest: dict[str, Any] | None, received_at: dateti
         "accuracy": _number(report.metrics.get("accuracy")),
         "model_bytes": _number(model.get("bytes"), report.memory.get("model_file_bytes")),
         "peak_rss_mb": _peak_rss_mb(report.memory),
+        "task": _text(report.metrics.get("task") or (manifest or {}).get("task")),
+        "metric": _text(report.metrics.get("metric")),
+        "metric_value": _number(report.metrics.get(str(report.metrics.get("metric")))),
         "report": json.dumps(report.model_dump(mode="json", exclude_unset=True), sort_keys=True),  # as sent
         "manifest": json.dumps(manifest, sort_keys=True) if manifest is not None else None,
     }

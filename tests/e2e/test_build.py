@@ -52,8 +52,8 @@ def test_build_every_profile(device, built):
     assert {"torch", "executorch", "onnx", "onnxruntime", "litert-torch"} <= set(manifest["versions"])
     assert (out / "edgekit_runner" / "__main__.py").is_file()
     data = np.load(out / "eval.npz")
-    assert data["inputs"].shape == (360, 1, 8, 8) and data["reference"].shape == (360, 10)
-    assert float((data["reference"].argmax(1) == data["labels"]).mean()) == pytest.approx(v["reference_value"])
+    assert data["input.image"].shape == (360, 1, 8, 8) and data["reference.logits"].shape == (360, 10)
+    assert float((data["reference.logits"].argmax(1) == data["labels"]).mean()) == pytest.approx(v["reference_value"])
 
 
 def test_pixel8_vulkan_option_lowers_and_is_marked_unverified(built):

@@ -204,15 +204,15 @@ def test_runner_model_file_that_is_a_fifo_does_not_hang(bundle_copy):
 
 
 def _npz_bomb(path: Path, n_floats: int) -> None:
-    """An .npz whose 'inputs' array is n_floats zeros: tiny compressed, huge loaded; written in chunks."""
+    """An .npz whose 'input.image' array is n_floats zeros: tiny compressed, huge loaded; written in chunks."""
     header = {"descr": "<f4", "fortran_order": False, "shape": (n_floats,)}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        with z.open("inputs.npy", "w", force_zip64=True) as f:
+        with z.open("input.image.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array_header_1_0(f, header)
             chunk = bytes(1 << 24)
             for _ in range(n_floats * 4 // len(chunk)):
                 f.write(chunk)
-        for name in ("labels", "reference"):
+        for name in ("labels", "reference.logits"):
             with z.open(f"{name}.npy", "w") as f:
                 np.lib.format.write_array(f, np.zeros(3, np.int64))
 
@@ -223,7 +223,7 @@ def test_runner_checks_eval_shapes_before_loading_a_compressed_bomb(bundle_copy)
     _relist(bundle_copy, "eval.npz")
     report, stderr, rc, peak_mb = _run_runner(bundle_copy)
     assert rc == 2 and report["status"] == "INFRA_ERROR" and "Traceback" not in stderr
-    assert "array 'inputs' has shape [268435456] but is declared" in report["error"]
+    assert "array 'input.image' has shape [268435456] but is declared" in report["error"]
     assert peak_mb < 700, f"the runner reached {peak_mb:.0f} MB"  # loading it would take over 1024 MB
 
 

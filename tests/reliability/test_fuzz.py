@@ -310,14 +310,14 @@ def test_fuzz_eval_npz(data, npz_bytes, tmp_path_factory):
         raw[at:at + data.draw(st.integers(0, 8))] = data.draw(st.binary(max_size=8))
     if data.draw(st.integers(0, 4)) == 0:  # a header claiming a huge shape
         with zipfile.ZipFile(path := tmp_path_factory.mktemp("npz") / "e.npz", "w") as z:
-            with z.open("inputs.npy", "w") as f:
+            with z.open("input.image.npy", "w") as f:
                 shape = data.draw(st.lists(st.integers(0, 2 ** 40), min_size=1, max_size=4))
                 np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": tuple(shape)})
                 f.write(bytes(data.draw(st.integers(0, 1000))))
         raw = bytearray(path.read_bytes())
     path = tmp_path_factory.mktemp("npz") / "eval.npz"
     path.write_bytes(bytes(raw))
-    expected = {"inputs": (360, 1, 8, 8), "labels": (360,), "reference": (360, 10)}
+    expected = {"input.image": (360, 1, 8, 8), "labels": (360,), "reference.logits": (360, 10)}
     limit = 4 << 20
     tracemalloc.start()
     try:

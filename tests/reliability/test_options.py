@@ -140,7 +140,7 @@ def test_runner_collector_url_and_token_are_checked_first(url, token, fragment, 
 def test_runner_refuses_eval_data_that_does_not_fit_the_model(bundle_copy, capsys):
     with np.load(bundle_copy / "eval.npz") as npz:
         arrays = dict(npz)
-    arrays["inputs"] = arrays["inputs"].astype(np.float64)
+    arrays["input.image"] = arrays["input.image"].astype(np.float64)
     np.savez(bundle_copy / "eval.npz", **arrays)
     data = (bundle_copy / "eval.npz").read_bytes()
     manifest = json.loads((bundle_copy / MANIFEST).read_text())
@@ -148,7 +148,7 @@ def test_runner_refuses_eval_data_that_does_not_fit_the_model(bundle_copy, capsy
     (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
     assert runner_main([str(bundle_copy), "--runs", "1", "--min-seconds", "0"]) == 2
     report = json.loads(capsys.readouterr().out)
-    assert report["status"] == "INFRA_ERROR" and "inputs are float64; the model's 'image' is float32" in report["error"]
+    assert report["status"] == "INFRA_ERROR" and "holds input.image as float64; 'image' is float32" in report["error"]
 
 
 # ---------------------------------------------------------------- results, home, targets

@@ -30,7 +30,7 @@ def _set(path: str, value):
         *parents, last = path.split(".")
         node = m
         for p in parents:
-            node = node[p]
+            node = node[int(p)] if isinstance(node, list) else node[p]
         if value is ...:
             del node[last]
         else:
@@ -57,7 +57,11 @@ MANIFEST_CASES = {
     "unknown-runtime": _set("model.runtime", "pytorch"),
     "profile-is-null": _set("profile", None),
     "validation-error-is-text": _set("validation.max_abs_error", "big"),
-    "shape-of-strings": _set("model.inputs", [{"name": "image", "shape": ["1"], "dtype": "float32"}]),
+    "shape-of-strings": _set("methods.0.inputs", [{"name": "image", "shape": ["1"], "dtype": "float32"}]),
+    "undeclared-dynamic-dim": _set("methods.0.inputs", [{"name": "image", "shape": ["batch", 1, 8, 8],
+                                                          "dtype": "float32"}]),
+    "two-methods-one-name": lambda m: (m["methods"].append(m["methods"][0]), m)[1],
+    "input-without-eval-array": lambda m: (m["eval"]["arrays"].pop("input.image"), m)[1],
     "sha256-uppercase": lambda m: (m["files"]["model.onnx"].update(sha256=m["files"]["model.onnx"]["sha256"].upper()),
                                    m)[1],
 }
@@ -97,7 +101,7 @@ def test_a_malformed_manifest_is_one_line_everywhere(case, bundle_copy, capsys):
 def test_newer_schema_names_both_versions(bundle_copy):
     _damage(bundle_copy, "newer-schema")
     result = CliRunner().invoke(cli, ["inspect", str(bundle_copy)])
-    assert "schema_version 99 is not supported (this reader knows 1); upgrade edgekit" in result.output
+    assert "schema_version 99 is not supported (this reader knows 1, 2); upgrade edgekit" in result.output
 
 
 # ---------------------------------------------------------------- defect 6: the project spec and its entries

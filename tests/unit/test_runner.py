@@ -15,6 +15,7 @@ from edgekit_runner import evaluate, measure, memory, runtimes, sysinfo
 from edgekit_runner.__main__ import main
 from edgekit_runner.report import FIELDS, MODEL_ERROR, OK, SCHEMA_VERSION, RunReport
 from edgekit_runner.runtimes import LoadedModel, TensorInfo, _dequantize, _quantize
+from edgekit_runner.tasks.base import agreement
 from manifests import list_files, manifest
 
 
@@ -265,15 +266,16 @@ def test_sysinfo_says_why_when_sys_is_empty(monkeypatch, tmp_path):
 def test_agreement_on_known_vectors():
     got = np.array([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
     ref = np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
-    a = evaluate.agreement(got, ref)
-    assert a["top1_agreement"] == pytest.approx(2 / 3)  # row 1 argmax differs; zero rows agree on class 0
+    a = agreement(got, ref)
+    top1 = evaluate.score("classification", {"y": got}, {"labels": np.zeros(3, int)}, {"y": ref})["top1_agreement"]
+    assert top1 == pytest.approx(2 / 3)  # row 1 argmax differs; zero rows agree on class 0
     assert a["max_abs_error"] == 2.0 and a["mean_abs_error"] == pytest.approx(4 / 6)
     assert a["cosine_min"] == 0.0 and a["cosine_mean"] == pytest.approx((1 + 0 + 1) / 3)
     assert a["nonfinite_outputs"] == 0
 
 
 def test_nan_outputs_are_counted_and_written_as_null():
-    a = evaluate.agreement(np.array([[np.nan, 1.0], [1.0, 0.0]]), np.array([[0.0, 1.0], [1.0, 0.0]]))
+    a = agreement(np.array([[np.nan, 1.0], [1.0, 0.0]]), np.array([[0.0, 1.0], [1.0, 0.0]]))
     assert a["nonfinite_outputs"] == 1 and math.isnan(a["max_abs_error"])
     text = RunReport(OK, {"path": "b"}, metrics=a).to_json()
     assert json.loads(text)["metrics"]["max_abs_error"] is None and "NaN" not in text
@@ -282,10 +284,11 @@ def test_nan_outputs_are_counted_and_written_as_null():
 def test_score_classification_against_labels_and_reference():
     outputs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
     reference = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
-    m = evaluate.score(outputs, np.array([0, 1, 1, 0]), reference, "classification")
+    m = evaluate.score("classification", {"logits": outputs}, {"labels": np.array([0, 1, 1, 0])},
+                       {"logits": reference})
     assert m["accuracy"] == 0.5 and m["reference_accuracy"] == 0.75 and m["top1_agreement"] == 0.75
     assert m["metric"] == "accuracy" and m["n_samples"] == 4
-    other = evaluate.score(outputs, np.array([0, 1, 1, 0]), None, "language-model")
+    other = evaluate.score("language-model", {"logits": outputs}, {}, None)
     assert other["metric"] is None and "no metric for task" in other["metric_unavailable"]
 
 
@@ -400,8 +403,9 @@ def tiny_bundle(tiny_onnx):
     labels = np.array([0, 1, 2] * 4)
     np.savez(bundle / "eval.npz", inputs=x, labels=labels, reference=reference)
     m = manifest(model={"file": "model.onnx", "runtime": "onnxruntime", "runtime_target": "QNNExecutionProvider",
-                        "format": "onnx", "backend": "qnn", "precision": "fp32", "bytes": 0, "inputs": [],
-                        "outputs": []},
+                        "format": "onnx", "backend": "qnn", "precision": "fp32", "bytes": 0,
+                        "inputs": [{"name": "x", "shape": [1, 4], "dtype": "float32"}],
+                        "outputs": [{"name": "y", "shape": [1, 3], "dtype": "float32"}]},
                  profile={"id": "galaxy-s24", "name": "Samsung Galaxy S24"})
     (bundle / "manifest.json").write_text(json.dumps(list_files(m, bundle)))
     return bundle, float((reference.argmax(1) == labels).mean())

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgekit_runner import evaluate, measure, runtimes, sysinfo
 from edgekit_runner.files import UnsafeFile, describe_error, link_on_the_way, load_npz, sha256_file
-from edgekit_runner.manifest import ManifestError, read_manifest
+from edgekit_runner.manifest import Manifest, ManifestError, read_manifest
 from edgekit_runner.memory import MemoryProbe
 from edgekit_runner.report import EXIT_CODES, INFRA_ERROR, MODEL_ERROR, OK, RunReport, write_atomic
 
@@ -144,28 +144,29 @@ def run_bundle(bundle: Path, settings: measure.Settings | None = None, threads: 
     except BundleError as e:
         report.error = str(e)
         return report
-    model_info = manifest["model"]
-    report.bundle.update(profile=manifest.get("profile", {}).get("id"), format=model_info.get("format"),
-                         backend=model_info.get("backend"), precision=model_info.get("precision"),
-                         model_sha256=manifest["files"][model_info["file"]]["sha256"])
+    model_info = manifest.data["model"]
+    report.bundle.update(profile=manifest.data["profile"]["id"], format=model_info["format"],
+                         backend=model_info["backend"], precision=model_info["precision"],
+                         model_sha256=manifest.files[manifest.model_file]["sha256"])
+    inputs = [data[manifest.eval_inputs[t.name]] for t in manifest.forward.inputs]
     probe = MemoryProbe()
     probe.file_size("model_file_bytes", bundle / model_info["file"])
     probe.rss("baseline_rss_mb")
-    model = _load_and_time(report, probe, bundle / model_info["file"], model_info, data,
+    model = _load_and_time(report, probe, bundle / model_info["file"], model_info, inputs,
                            settings or measure.Settings(), threads)
     report.memory = probe.result()
     if model is not None and accuracy:
         try:
-            outputs = evaluate.run_dataset(model, data["inputs"])
-            report.metrics = evaluate.score(outputs[0], data["labels"], data.get("reference"),
-                                            manifest.get("project", {}).get("task"))
+            outputs = dict(zip([t.name for t in manifest.forward.outputs], evaluate.run_dataset(model, inputs)))
+            references = {name: data[key] for name, key in manifest.eval_references.items()}
+            report.metrics = evaluate.score(manifest.task, outputs, data, references or None)
         except Exception as e:  # noqa: BLE001 -- any runtime error on the model is recorded, not raised
             _failed(report, e, model_info["runtime"])
     return report
 
 
 def _load_and_time(report: RunReport, probe: MemoryProbe, model_path: Path, model_info: dict[str, Any],
-                   data: dict[str, np.ndarray], settings: measure.Settings,
+                   inputs: list[np.ndarray], settings: measure.Settings,
                    threads: int | None) -> runtimes.LoadedModel | None:
     """Import the runtime, load the model, time it; fills runtime, timing, latency, memory and the status."""
     runtime = model_info["runtime"]
@@ -186,7 +187,7 @@ def _load_and_time(report: RunReport, probe: MemoryProbe, model_path: Path, mode
         report.runtime, report.fallback = model.info, model.info.get("fallback")
         probe.reset_peak()
         batch = evaluate.batch_size(model)
-        call = model.bound([np.ascontiguousarray(data["inputs"][:batch])])
+        call = model.bound([np.ascontiguousarray(a[:batch]) for a in inputs])
         timing, report.latency_ms = measure.measure(call, settings)
     except Exception as e:  # noqa: BLE001 -- any runtime error on the model is recorded, not raised
         _failed(report, e, runtime)
@@ -207,9 +208,10 @@ def _failed(report: RunReport, e: Exception, runtime: str) -> None:
         report.status, report.error = MODEL_ERROR, f"{type(e).__name__}: {e}".splitlines()[0][:500]
 
 
-def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The manifest and the eval arrays, after checking the manifest against its schema and the model and
-    eval files against their sha256 (and the eval arrays' shapes against the manifest, before loading them)."""
+def read_bundle(bundle: Path) -> tuple[Manifest, dict[str, np.ndarray]]:
+    """The manifest and the eval arrays, after checking the manifest against its schema, the model and eval
+    files against their sha256, and the eval arrays against the model's inputs and outputs and the task
+    (declared shapes before anything is loaded, dtypes after)."""
     try:
         manifest = read_manifest(bundle)
     except ManifestError as e:
@@ -229,44 +231,48 @@ def read_bundle(bundle: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if actual != expected:
             raise BundleError(f"bundle file {name} does not match the sha256 in manifest.json (modified, or cut "
                               "short in transfer); push the bundle again or rebuild it")
-    missing = {"inputs", "labels"} - manifest.eval_arrays.keys()
-    if missing:
-        raise BundleError(f"the eval set {bundle / manifest.eval_file} has no {' or '.join(sorted(missing))} array; "
-                          "rebuild the bundle")
-    shapes = manifest.eval_arrays
-    problem = _eval_problem(manifest.data["model"], shapes, manifest.data["eval"]["n_samples"])
-    if problem is None:  # the declared shapes fit the model: load (load_npz checks the files against them)
+    where = f"the eval set {bundle / manifest.eval_file}"
+    problem = eval_problem(manifest)
+    if problem is None:  # the declared shapes fit the model: load (load_npz checks the file against them)
         try:
-            data = load_npz(bundle / manifest.eval_file, shapes)
+            data = load_npz(bundle / manifest.eval_file, manifest.eval_arrays)
         except UnsafeFile as e:
             raise BundleError(f"cannot read the eval set: {e}") from None
-        problem = _eval_problem(manifest.data["model"], shapes, len(data["inputs"]),
-                                {name: a.dtype.name for name, a in data.items()})
+        problem = eval_problem(manifest, {name: a.dtype.name for name, a in data.items()})
     if problem:
-        raise BundleError(f"the eval set {bundle / manifest.eval_file} does not fit the model: {problem}; "
-                          "rebuild the bundle")
-    return manifest.data, data
+        raise BundleError(f"{where} {problem}; rebuild the bundle")
+    return manifest, data
 
 
-def _eval_problem(model: dict[str, Any], shapes: dict[str, tuple[int, ...]], n_samples: int,
-                  dtypes: dict[str, str] | None = None) -> str | None:
-    """What is wrong with the eval arrays for the model the manifest describes (a classifier: inputs like
-    its first input, one integer label per sample, reference outputs like its first output), or None.
+def eval_problem(manifest: Manifest, dtypes: dict[str, str] | None = None) -> str | None:
+    """What is wrong with the eval arrays for the model and task the manifest describes, or None: each input
+    and reference like its tensor (batch first), the task's own arrays (:mod:`edgekit_runner.tasks`).
     Checked on the declared shapes before anything is loaded, and with the loaded ``dtypes`` after."""
-    inputs, labels = shapes["inputs"], shapes["labels"]
-    if not inputs or inputs[0] == 0 or inputs[0] != n_samples:
-        return f"inputs have shape {list(inputs)} for {n_samples} samples"
-    if labels != (n_samples,) or (dtypes and np.dtype(dtypes["labels"]).kind not in "iu"):
-        return (f"labels are {dtypes['labels'] if dtypes else 'arrays'} of shape {list(labels)}; need {n_samples} "
-                "integer class indices")
-    for name, specs in (("inputs", model["inputs"]), ("reference", model["outputs"])):
-        if name not in shapes or not specs:
-            continue
-        spec, shape = specs[0], shapes[name]
-        if len(shape) != len(spec["shape"]) or shape[0] != n_samples or list(shape[1:]) != list(spec["shape"][1:]):
-            return f"{name} have shape {list(shape)}; the model's {spec['name']!r} is {spec['shape']} per batch"
-        if dtypes and dtypes[name] != spec["dtype"]:
-            return f"{name} are {dtypes[name]}; the model's {spec['name']!r} is {spec['dtype']}"
+    from edgekit_runner.tasks import TASKS
+
+    shapes, n = manifest.eval_arrays, manifest.data["eval"]["n_samples"]
+    method = manifest.forward
+    declared = [(t, manifest.eval_inputs.get(t.name)) for t in method.inputs]
+    declared += [(t, manifest.eval_references[t.name]) for t in method.outputs if t.name in manifest.eval_references]
+    if n == 0:
+        return "has no samples"
+    for spec, key in declared:
+        if key is None or key not in shapes:
+            return f"has no array for {spec.name!r}"
+        shape = shapes[key]
+        fixed = [(got, want) for got, want in zip(shape[1:], spec.shape[1:]) if isinstance(want, int)]
+        if len(shape) != len(spec.shape) or shape[0] != n or any(got != want for got, want in fixed):
+            return f"holds {key} of shape {list(shape)}; {spec.name!r} is {list(spec.shape)} (batch first, {n} samples)"
+        if dtypes and dtypes[key] != spec.dtype:
+            return f"holds {key} as {dtypes[key]}; {spec.name!r} is {spec.dtype}"
+    task = TASKS.get(manifest.task)
+    if task is not None:
+        missing = [a for a in task.arrays if a not in shapes]
+        if missing:
+            return f"has no {missing[0]} array ({manifest.task} needs it)"
+        problem = task.check_arrays(shapes, n, dtypes)
+        if problem:
+            return f"does not fit the task: {problem}"
     return None
 
 

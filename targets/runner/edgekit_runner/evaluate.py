@@ -10,25 +10,39 @@ from edgekit_runner import measure
 from edgekit_runner.runtimes import LoadedModel
 
 
-def run_dataset(model: LoadedModel, inputs: np.ndarray) -> list[np.ndarray]:
-    """Run every sample of ``inputs`` (N, ...) through a model with a static batch size.
+def run_dataset(model: LoadedModel, inputs: np.ndarray | dict[str, np.ndarray] | list[np.ndarray]) -> list[np.ndarray]:
+    """Run every sample of ``inputs`` through a model with a static batch size: one array (N, ...), or one
+    array per model input (a list in the model's input order, or a dict by input name, put in that order).
 
     The last partial batch is padded with zeros and the padding dropped from the outputs.
     """
+    arrays = as_input_list(model, inputs)
     batch = batch_size(model)
-    n = len(inputs)
+    n = len(arrays[0])
     collected: list[list[np.ndarray]] | None = None
     for start in range(0, n, batch):
-        chunk = inputs[start:start + batch]
-        real = len(chunk)
+        chunks = [a[start:start + batch] for a in arrays]
+        real = len(chunks[0])
         if real < batch:
-            chunk = np.concatenate([chunk, np.zeros((batch - real, *chunk.shape[1:]), chunk.dtype)])
-        outs = model.run([np.ascontiguousarray(chunk)])
+            chunks = [np.concatenate([c, np.zeros((batch - real, *c.shape[1:]), c.dtype)]) for c in chunks]
+        outs = model.run([np.ascontiguousarray(c) for c in chunks])
         if collected is None:
             collected = [[] for _ in outs]
         for acc, o in zip(collected, outs):
             acc.append(np.asarray(o)[:real])
     return [np.concatenate(acc) for acc in (collected or [])]
+
+
+def as_input_list(model: LoadedModel,
+                  inputs: np.ndarray | dict[str, np.ndarray] | list[np.ndarray]) -> list[np.ndarray]:
+    """Inputs in the model's order: a dict is ordered by the model's input names where they match, else
+    (runtimes that number their inputs) taken in the order given."""
+    if isinstance(inputs, np.ndarray):
+        return [inputs]
+    if isinstance(inputs, dict):
+        names = [t.name for t in model.inputs]
+        return [inputs[n] for n in names] if set(names) == set(inputs) else list(inputs.values())
+    return list(inputs)
 
 
 def batch_size(model: LoadedModel) -> int:
@@ -37,48 +51,25 @@ def batch_size(model: LoadedModel) -> int:
     return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] > 0 else 1
 
 
-def time_model(model: LoadedModel, sample: np.ndarray, runs: int = 50, warmup: int = 5) -> dict:
+def time_model(model: LoadedModel, sample: np.ndarray | dict[str, np.ndarray] | list[np.ndarray], runs: int = 50,
+               warmup: int = 5) -> dict:
     """Latency stats in ms (:func:`measure.latency_stats`) of exactly ``runs`` runs after ``warmup`` warm-up runs.
 
     The host validator's quick timing; the runner itself uses :func:`measure.measure` with duration minimums.
     """
+    arrays = [np.ascontiguousarray(a) for a in as_input_list(model, sample)]
     settings = measure.Settings(warmup_runs=warmup, warmup_seconds=0.0, min_runs=runs, min_seconds=0.0)
-    _, stats = measure.measure(model.bound([np.ascontiguousarray(sample)]), settings)
-    return {**stats, "warmup": warmup, "batch": int(sample.shape[0])}
+    _, stats = measure.measure(model.bound(arrays), settings)
+    return {**stats, "warmup": warmup, "batch": int(arrays[0].shape[0])}
 
 
-def top1(outputs: np.ndarray) -> np.ndarray:
-    return np.asarray(outputs).reshape(len(outputs), -1).argmax(axis=1)
+def score(task: str, outputs: dict[str, np.ndarray], arrays: dict[str, np.ndarray],
+          references: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """The task's metrics (:mod:`edgekit_runner.tasks`) on named outputs; for a task this runner does not
+    know, the count and the reason there is no metric."""
+    from edgekit_runner.tasks import TASKS
 
-
-def agreement(outputs: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
-    """How close ``outputs`` are to the host's ``reference`` outputs, sample by sample (first axis).
-
-    Non-finite outputs make the error figures NaN (written as null) and are counted.
-    """
-    got = np.asarray(outputs, np.float64).reshape(len(reference), -1)
-    ref = np.asarray(reference, np.float64).reshape(len(reference), -1)
-    diff = np.abs(got - ref)
-    ng, nr = np.linalg.norm(got, axis=1), np.linalg.norm(ref, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # a zero vector against a zero vector agrees (1); against anything else it does not (0)
-        cosine = np.where(ng * nr > 0, (got * ref).sum(axis=1) / (ng * nr), (ng == nr).astype(np.float64))
-    cosine[~np.isfinite(ng)] = np.nan
-    return {"top1_agreement": float((top1(got) == top1(ref)).mean()), "max_abs_error": float(diff.max()),
-            "mean_abs_error": float(diff.mean()), "cosine_mean": float(cosine.mean()),
-            "cosine_min": float(cosine.min()), "nonfinite_outputs": int((~np.isfinite(got)).sum())}
-
-
-def score(outputs: np.ndarray, labels: np.ndarray, reference: np.ndarray | None, task: str | None) -> dict[str, Any]:
-    """The task metric against ``labels`` and, where the bundle has them, agreement with the reference outputs."""
-    metrics: dict[str, Any] = {"n_samples": len(outputs), "task": task}
-    if task in (None, "classification"):  # schema-1 manifests have no task: they are all classifiers
-        metrics.update(task="classification", metric="accuracy",
-                       accuracy=float((top1(outputs) == np.asarray(labels).reshape(-1)).mean()))
-        if reference is not None:
-            metrics["reference_accuracy"] = float((top1(reference) == np.asarray(labels).reshape(-1)).mean())
-    else:
-        metrics.update(metric=None, metric_unavailable=f"this runner has no metric for task {task!r}")
-    if reference is not None:
-        metrics.update(agreement(outputs, reference))
-    return metrics
+    if task not in TASKS:
+        return {"n_samples": len(next(iter(outputs.values()))), "task": task, "metric": None,
+                "metric_unavailable": f"this runner has no metric for task {task!r}"}
+    return TASKS[task].score(outputs, arrays, references)

@@ -282,7 +282,8 @@ def _litert(path: Path, threads: int | None, target: str | None) -> LoadedModel:
                         f"{'; '.join(errors) or 'this runtime has no such delegate'}")
     interp = interpreter_cls(model_path=str(path), num_threads=threads, experimental_delegates=delegates or None)
     interp.allocate_tensors()
-    ins, outs = interp.get_input_details(), interp.get_output_details()
+    ins, outs = _in_signature_order(interp, interp.get_input_details(), "inputs"), \
+        _in_signature_order(interp, interp.get_output_details(), "outputs")
 
     def feed(arrays: list[np.ndarray]) -> None:
         for d, a in zip(ins, arrays):
@@ -304,6 +305,20 @@ def _litert(path: Path, threads: int | None, target: str | None) -> LoadedModel:
             "threads_effective": threads or "interpreter default", "fallback": fallback,
             "io_quantized": any(np.dtype(d["dtype"]).kind in "iu" and d["quantization"][0] for d in ins + outs)}
     return LoadedModel(run, [info(d) for d in ins], [info(d) for d in outs], meta, bind)
+
+
+def _in_signature_order(interp: Any, details: list[dict], kind: str) -> list[dict]:
+    """Tensor details in the order of the model's (single) signature, which is the order of the exported
+    function's arguments and results; the interpreter's own lists need not follow it."""
+    try:
+        signatures = interp._get_full_signature_list()  # {key: {"inputs": {name: tensor index}, ...}}
+    except AttributeError:
+        return details
+    if len(signatures) != 1:
+        return details
+    order = list(next(iter(signatures.values()))[kind].values())
+    by_index = {d["index"]: d for d in details}
+    return [by_index[i] for i in order if i in by_index] if set(order) == set(by_index) else details
 
 
 def _quantize(a: np.ndarray, detail: dict) -> np.ndarray:

