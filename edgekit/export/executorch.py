@@ -16,6 +16,9 @@ from edgekit.export.base import BackendSpec, Exporter, ExportResult
 from edgekit.export.trace import export_program, summarize
 
 _TWIN = "the same exported program without a delegate, on ExecuTorch portable kernels"
+# XNNPACK's int8 recipe for transformers keeps its most sensitive linear layers float until the calibration
+# cosine reaches this, within 4% of the fp32 model's bytes (edgekit.quantize.transformer)
+TARGET_COSINE, CALIB_FOR_LAYERS = 0.9993, 64
 
 
 class ExecuTorchExporter(Exporter):
@@ -57,6 +60,23 @@ class ExecuTorchExporter(Exporter):
             quant_details = {"quantization": {**quant.to_dict(), "calibration_batches": 0,
                                               "tool": "PT2E CoreMLQuantizer (coremltools LinearQuantizerConfig)",
                                               "weights": "int8 symmetric per-channel", "activations": "fp16"}}
+        elif quant is not None and getattr(quant, "embeddings", False):  # transformers: see Int8Dynamic
+            from edgekit.quantize import backends as qb
+            from edgekit.quantize.transformer import sensitive_linears
+
+            float_layers, sensitivity = [], None
+            if calib is not None:  # the most sensitive linear layers stay float (chosen on the calib split)
+                arrays = [calib[n] for n in input_names] if isinstance(calib, dict) else [calib]
+                fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+                float_layers, sensitivity = sensitive_linears(model, [a[:CALIB_FOR_LAYERS] for a in arrays],
+                                                              TARGET_COSINE, int(0.04 * fp32_bytes))
+            model = qb.transformer_int8_module(model, example_inputs, float_layers)
+            quant_details = {"quantization": {**quant.to_dict(), "calibration_batches": 0,
+                                              "float_layers": float_layers, "sensitivity": sensitivity,
+                                              "tool": "torchao IntxWeightOnlyConfig (embeddings) + PT2E "
+                                                      "XNNPACKQuantizer dynamic (nn.Linear only)",
+                                              "weights": "int8 per channel; embedding tables int8 per row",
+                                              "activations": "int8 per token at run time (XNNPACK qd8)"}}
         elif quant is not None and quant.name == "fp16":  # the delegate computes in half precision
             quant_details = {"quantization": {**quant.to_dict(), "calibration_batches": 0,
                                               "tool": "Core ML compute_precision FLOAT16" if backend == "coreml"
@@ -72,8 +92,9 @@ class ExecuTorchExporter(Exporter):
         half = quant is not None and quant.name in ("fp16", "int8-weight-only")  # Core ML's activations are fp16
         ep = export_program(model, example_inputs)
         path = out_dir / f"model{self.extension}"
-        edge = _lower(ep, backend, half)
-        path.write_bytes(_serialize(edge, backend))
+        fuse = getattr(quant, "embeddings", False)  # int8 embedding tables -> embedding_byte kernels
+        edge = _lower(ep, backend, half, fuse)
+        path.write_bytes(_serialize(edge, backend, fuse))
         result = ExportResult(model_path=path, details={**_delegation(edge), **quant_details})
         if not self.backends[backend].runs_on_host:
             # The twin computes what the delegate computes, on portable kernels: fp16 arithmetic for
@@ -127,20 +148,27 @@ def _partitioner(backend: str, half: bool = False) -> Any:
     raise ValueError(backend)
 
 
-def _lower(ep: Any, backend: str | None, half: bool = False) -> Any:
-    from executorch.exir import to_edge_transform_and_lower
+def _lower(ep: Any, backend: str | None, half: bool = False, fuse_quant: bool = False) -> Any:
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     try:
         partitioner = [_partitioner(backend, half)] if backend else []
-        return to_edge_transform_and_lower(ep, partitioner=partitioner)
+        config = EdgeCompileConfig(_check_ir_validity=False) if fuse_quant else None  # torchao's affine ops
+        return to_edge_transform_and_lower(ep, partitioner=partitioner, compile_config=config)
     except ImportError as e:
         raise ExportError(f"the ExecuTorch {backend} backend is not installed: {e}") from e
     except Exception as e:
         raise ExportError(f"ExecuTorch lowering to {backend or 'portable'} failed: {summarize(e)}") from e
 
 
-def _serialize(edge: Any, what: str) -> bytes:
+def _serialize(edge: Any, what: str, fuse_quant: bool = False) -> bytes:
     try:
+        if fuse_quant:  # dequantize_affine + embedding -> quantized_decomposed.embedding_byte (portable kernel)
+            from executorch.exir import ExecutorchBackendConfig
+            from executorch.exir.passes.quant_fusion_pass import QuantFusionPass
+
+            config = ExecutorchBackendConfig(passes=[QuantFusionPass()], do_quant_fusion_and_const_prop=True)
+            return edge.to_executorch(config).buffer
         return edge.to_executorch().buffer
     except Exception as e:
         raise ExportError(f"ExecuTorch serialization ({what}) failed: {summarize(e)}") from e

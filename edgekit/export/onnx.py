@@ -59,9 +59,12 @@ class OnnxExporter(Exporter):
         if quant is not None:  # ONNX Runtime's own QDQ quantizer, configured for the EP
             from edgekit.quantize import backends as qb
 
-            batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
-            input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
-            tool = qb.ort_quantize(fp32_path, path, input_name, batches, backend, quant, node_modules)
+            if getattr(quant, "embeddings", False):  # the transformer recipe (the planner allows it on the CPU EP)
+                batches, tool = [], qb.ort_transformer_int8(fp32_path, path)
+            else:
+                batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
+                input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+                tool = qb.ort_quantize(fp32_path, path, input_name, batches, backend, quant, node_modules)
             _strip_debug_info(path)  # the quantizer writes value_info back
             details["quantization"] = {**quant.to_dict(), **tool, "calibration_batches": len(batches)}
         opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import

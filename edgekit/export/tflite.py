@@ -35,7 +35,7 @@ class TFLiteExporter(Exporter):
                quant: Any = None, calib: Any = None, fine_tune: Any = None) -> ExportResult:
         export_program(model, example_inputs)  # same clear error as the other formats if untraceable
         path = out_dir / f"model{self.extension}"
-        if quant is not None and quant.name in ("int8-weight-only", "mixed"):
+        if quant is not None and (quant.name in ("int8-weight-only", "mixed") or getattr(quant, "embeddings", False)):
             details = self._ai_edge_quantizer(model, example_inputs, backend, out_dir, path, quant, calib)
         else:
             details = self._litert(model, example_inputs, path, quant, calib, fine_tune)
@@ -46,14 +46,16 @@ class TFLiteExporter(Exporter):
 
     def _ai_edge_quantizer(self, model: Any, example_inputs: tuple, backend: str, out_dir: Path, path: Path,
                            quant: Any, calib: Any) -> dict[str, Any]:
-        """ai-edge-quantizer works on the fp32 file: int8 weight-only, or mixed (static int8 with
-        regex scopes keeping layers float)."""
+        """ai-edge-quantizer works on the fp32 file: int8 weight-only, the transformer int8 recipe (dynamic
+        activations, embeddings included), or mixed (static int8 with regex scopes keeping layers float)."""
         from edgekit.quantize import backends as qb
 
         fp32 = self.export(model, example_inputs, backend, subdir(out_dir, "fp32")).model_path
         if quant.name == "mixed":
             batches = qb.calibration_batches(calib, example_inputs[0].shape[0], quant)
             tool = {**qb.aeq_static(fp32, path, batches, quant.float_layers), "io": "int8"}
+        elif getattr(quant, "embeddings", False):
+            batches, tool = [], {**qb.aeq_dynamic(fp32, path), "io": "float"}
         else:
             batches, tool = [], {**qb.aeq_weight_only(fp32, path), "io": "float"}
         return {"quantization": {**quant.to_dict(), **tool, "calibration_batches": len(batches)}}

@@ -266,3 +266,88 @@ def ort_quantize(fp32_path: Path, out_path: Path, input_name: str, batches: list
         raise ExportError(f"ONNX Runtime quantization failed: {summarize(e)}") from e
     return {"tool": "onnxruntime quantize_static (QDQ)", "activations": "int8" if symmetric else "uint8",
             "weights": "int8", **({"nodes_to_exclude": exclude} if exclude else {})}
+
+
+# ---------------------------------------------------------------- int8 for transformers (Int8Dynamic.embeddings)
+
+def transformer_int8_module(model: Any, example: tuple, float_layers: list[str] = ()) -> Any:
+    """A copy of ``model`` for XNNPACK: embedding tables int8 per row (torchao weight-only; ExecuTorch's
+    QuantFusionPass turns them into ``embedding_byte``), every nn.Linear but ``float_layers`` int8 per
+    channel with int8 activations quantized per token at run time (PT2E with XNNPACK's dynamic config)."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis
+
+    quantized = copy.deepcopy(model).eval()
+    for module in quantized.modules():
+        if isinstance(module, torch.nn.Embedding):
+            module.padding_idx = None  # embedding(w, ids, padding_idx) does not match the fusion pattern; it only
+            # changes gradients
+    try:
+        quantize_(quantized, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+                  filter_fn=lambda m, _fqn: isinstance(m, torch.nn.Embedding))
+        config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True)
+        quantizer = XNNPACKQuantizer()
+        if float_layers:  # name every linear layer to quantize (the quantizer cannot exclude by name)
+            for name, module in quantized.named_modules():
+                if isinstance(module, torch.nn.Linear) and name not in float_layers:
+                    quantizer.set_module_name(name, config)
+        else:
+            quantizer.set_module_type(torch.nn.Linear, config)
+    except Exception as e:
+        from edgekit.export.trace import summarize
+
+        raise ExportError(f"int8 quantization of the embeddings failed: {summarize(e)}") from e
+    return pt2e_quantize(quantized, example, [], quantizer)
+
+
+def ort_transformer_int8(fp32_path: Path, out_path: Path) -> dict[str, Any]:
+    """ONNX Runtime: every MatMul with a weight as MatMulNBits (8-bit, blocks of 32, symmetric; int8
+    activations per block at run time: accuracy_level 4), then the large embedding tables int8 (Gather)."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    try:
+        model = onnx.load(str(fp32_path))
+        tables = {i.name for i in model.graph.initializer if len(i.dims) == 2 and i.dims[0] >= 1024}
+        gathers = [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
+        q = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+        q.process()
+        with tempfile.TemporaryDirectory() as tmp:
+            mid = Path(tmp) / "nbits.onnx"
+            q.model.save_model_to_file(str(mid))
+            if gathers:
+                quantize_dynamic(str(mid), str(out_path), op_types_to_quantize=["Gather"], nodes_to_quantize=gathers,
+                                 weight_type=QuantType.QInt8)
+            else:
+                onnx.save(onnx.load(str(mid)), str(out_path))
+        n_nbits = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(out_path), load_external_data=False).graph.node)
+    except Exception as e:
+        from edgekit.export.trace import summarize
+
+        raise ExportError(f"ONNX Runtime transformer int8 quantization failed: {summarize(e)}") from e
+    return {"tool": "onnxruntime MatMulNBitsQuantizer (bits 8, block 32, accuracy_level 4) + quantize_dynamic (Gather)",
+            "weights": "int8 per block of 32", "activations": "int8 per block at run time",
+            "matmulnbits_nodes": n_nbits, "int8_embedding_tables": len(gathers)}
+
+
+def aeq_dynamic(fp32_path: Path, out_path: Path) -> dict[str, Any]:
+    """LiteRT: ai-edge-quantizer's ``dynamic_wi8_afp32`` recipe (int8 weights, the embedding tables
+    included; activations quantized at run time; float I/O)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    try:
+        result = quantizer.Quantizer(str(fp32_path), recipe.dynamic_wi8_afp32()).quantize()
+        result.export_model(str(out_path), overwrite=True)
+    except Exception as e:
+        from edgekit.export.trace import summarize
+
+        raise ExportError(f"ai-edge-quantizer failed: {summarize(e)}") from e
+    return {"tool": "ai-edge-quantizer dynamic_wi8_afp32", "weights": "int8", "activations": "int8 at run time"}

@@ -48,12 +48,19 @@ class Int8QAT(_Scheme):
 @dataclass(frozen=True)
 class Int8Dynamic(_Scheme):
     """int8 weights (symmetric, per-channel by default); activations quantized at run time from each
-    batch's own range, so no calibration data is needed. Suits linear-heavy models."""
+    batch's own range, so no calibration data is needed. Suits linear-heavy models.
+
+    ``embeddings``: the transformer recipe (the planner picks it for int8 of a transformer task): only the
+    linear layers, with activations quantized per token (XNNPACK), per block of weights (ONNX Runtime's
+    MatMulNBits) or per tensor at run time (LiteRT), and the embedding tables int8 as well (in an encoder
+    they are half the bytes). Static int8 activations lose too much on transformers: one scale per
+    activation tensor, measured on MiniLM (see the README's embedding section)."""
 
     name: ClassVar[str] = "int8-dynamic"
     precision: ClassVar[str] = "int8"
     per_channel: bool = True
     calib_samples: int = 0  # unused: ranges are computed at run time
+    embeddings: bool = False
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,11 @@ def _import_executorch() -> tuple[Any, Any, Any]:
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
+    try:  # the quantized kernels (int8 embedding tables: embedding_byte) register themselves on import
+        import executorch.kernels.quantized  # noqa: F401
+    except ImportError:
+        pass
+
     return torch, Runtime, portable_lib
 
 
