@@ -30,6 +30,7 @@ bench: install
 	$(VENV)/bin/python benchmarks/quantization.py
 	$(VENV)/bin/python benchmarks/runner_overhead.py
 	$(VENV)/bin/python benchmarks/collector.py
+	$(VENV)/bin/python benchmarks/embedding.py
 	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano --quant none int8
 
 kd-table: install  # Hinton KD / FitNet / int8 on digits, 3 seeds: benchmarks/results/kd_table.{md,json} (~15 min)

@@ -113,10 +113,7 @@ def load_model(folder: Path, task: str, input_names: list[str]) -> Any:
     except Exception as e:  # transformers raises OSError, ValueError, KeyError ... with long messages
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise ProjectError(f"[model] hf: transformers cannot load {folder}: {first}") from e
-    unknown = [n for n in input_names if n not in TOKEN_INPUTS]
-    if unknown:
-        raise ProjectError(f"[[inputs]] {unknown[0]!r} is not an input of a Hugging Face model from {folder}; "
-                           f"name them from {', '.join(TOKEN_INPUTS)}")
+    check_input_names(input_names, folder)
     check_tokenizer(folder, config)
     if task != "embedding":
         raise ProjectError(f"[model] hf supports task \"embedding\" in this edgekit, not {task!r}")
@@ -170,6 +167,13 @@ class EmbeddingModel(torch.nn.Module):
         return torch.nn.functional.normalize(out, p=2.0, dim=-1) if self.normalize else out
 
 
+def check_input_names(names: list[str], folder: Path) -> None:
+    unknown = [n for n in names if n not in TOKEN_INPUTS]
+    if unknown:
+        raise ProjectError(f"[[inputs]] {unknown[0]!r} is not an input of a Hugging Face model from {folder}; "
+                           f"name them from {', '.join(TOKEN_INPUTS)}")
+
+
 def check_tokenizer(folder: Path, config: Any) -> None:
     """The tokenizer's vocabulary must fit the model's embedding table."""
     from tokenizers import Tokenizer
@@ -189,6 +193,7 @@ def tokenize(folder: Path, texts: list[str], names: list[str], length: int,
     """``texts`` as the model's inputs, padded / truncated to ``length`` tokens (int64 arrays, N x length)."""
     from tokenizers import Tokenizer
 
+    check_input_names(names, folder)
     tok = Tokenizer.from_file(str(folder / tokenizer_file))
     tok.enable_truncation(max_length=length)
     pad_id = tok.token_to_id("[PAD]") if tok.token_to_id("[PAD]") is not None else 0

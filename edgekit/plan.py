@@ -157,6 +157,11 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         raise PlanError(f"{fmt}/{backend} is not available on {profile.id}; it supports: {listed}")
     cu, path = found
     spec = EXPORTERS[fmt].backends[backend]
+    if scheme is not None and getattr(scheme, "embeddings", False) and (fmt, backend) not in TRANSFORMER_INT8:
+        raise PlanError(f"int8 for {task} models is built for "
+                        f"{', '.join(f'{f}/{b}' for f, b in TRANSFORMER_INT8)}, not {fmt}/{backend} "
+                        "(its quantizer offers static int8 activations only, which lose too much on transformers); "
+                        "use --quant fp16 or --quant none here, or one of those paths")
     if scheme and scheme.name not in spec.quant_schemes:
         others = [f"{f}/{b}" for f, b, _ in options if scheme.name in EXPORTERS[f].backends[b].quant_schemes]
         raise PlanError(f"--quant {scheme.name} is not available for {fmt}/{backend} on {profile.id}; "
@@ -169,11 +174,6 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
         raise PlanError(f"{precision} is not available for {fmt}/{backend} on {profile.id} "
                         f"(it builds: {', '.join(ok) or 'nothing'}); {precision} works with: "
                         f"{', '.join(others) or 'no path of this device'}")
-    if scheme is not None and getattr(scheme, "embeddings", False) and (fmt, backend) not in TRANSFORMER_INT8:
-        raise PlanError(f"int8 for a {task} model is built for "
-                        f"{', '.join(f'{f}/{b}' for f, b in TRANSFORMER_INT8)}, not {fmt}/{backend} "
-                        "(its quantizer offers static int8 activations only, which lose too much on transformers); "
-                        "use --quant fp16 or --quant none here, or one of those paths")
     return Plan(
         device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend,
         backend_description=spec.description, runtime=EXPORTERS[fmt].runtime, runtime_target=spec.runtime_target,

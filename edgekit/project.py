@@ -307,6 +307,9 @@ def load_data(project: ProjectSpec) -> dict[str, Split]:
             if len(x) != n or n == 0:
                 raise ProjectError(f"data split {name!r}: input {inp.name!r} has {len(x)} samples, the first "
                                    f"input {n}; need as many, at least one")
+            if np.dtype(inp.dtype).kind != x.dtype.kind and not (x.dtype.kind in "iu" and inp.dtype.startswith("int")):
+                raise ProjectError(f"data split {name!r}: input {inp.name!r} holds {x.dtype} data, but it is declared "
+                                   f"{inp.dtype}; convert the data or declare dtype = \"{x.dtype}\" in [[inputs]]")
             if x.dtype.kind == "f":
                 bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
                 if bad.size:

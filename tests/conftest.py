@@ -15,6 +15,7 @@ RUNNER_VENVS = ROOT / ".venv-runners"
 RUNNER_VENV_PACKAGES = {
     "onnx": ["numpy", "onnxruntime==1.32.0"],
     "tflite": ["numpy<2", "tflite-runtime==2.14.0"],
+    "litert": ["numpy", "ai-edge-litert==2.3.0"],  # what a board needs for transformer exports (see test_embedding)
 }
 
 

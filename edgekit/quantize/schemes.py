@@ -62,6 +62,12 @@ class Int8Dynamic(_Scheme):
     calib_samples: int = 0  # unused: ranges are computed at run time
     embeddings: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if not self.embeddings:  # the classifier recipe's dict is what it always was
+            del d["embeddings"]
+        return d
+
 
 @dataclass(frozen=True)
 class FP16(_Scheme):
