@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from _results import write_results
 from edgekit_runner import measure, runtimes
+from edgekit_runner.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,10 +79,11 @@ def bare_loop(path: Path, runtime: str, x: np.ndarray, threads: int):
 
 
 def overhead(bundle: Path, threads: int, rounds: int, seconds: float) -> dict:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    info = manifest["model"]
+    manifest = read_manifest(bundle)
+    info = manifest.data["model"]
     path, runtime = bundle / info["file"], info["runtime"]
-    x = np.ascontiguousarray(np.load(bundle / "eval.npz")["inputs"][:1])
+    key = manifest.eval_inputs[manifest.forward.inputs[0].name]  # input.NAME (schema 2) or inputs (schema 1)
+    x = np.ascontiguousarray(np.load(bundle / "eval.npz")[key][:1])
     model = runtimes.load(path, runtime, threads, info["runtime_target"])  # the runner's path
     call = model.bound([x])
     bare = bare_loop(path, runtime, x, threads)

@@ -47,6 +47,13 @@ def plan_build(device: str, project: str | Path | None = None, *, quant: str = "
     spec = load_project(project)
     plan = make_plan(profile, format, backend, quant=quant, distill=distill and spec.teacher is not None,
                      task=spec.task.kind, **options)
+    single = ("int8", "int8-qat", "mixed")  # calibrated or trained on one input array, so far
+    if len(spec.inputs) > 1 and (plan.quant in single or plan.distill):
+        from edgekit.errors import PlanError
+
+        what = "the distill stage" if plan.distill else f"--quant {plan.quant}"
+        raise PlanError(f"{what} works on one-input models so far; this project has {len(spec.inputs)} inputs: "
+                        "build with --quant none / fp16 / int8-dynamic" + (" and --no-distill" if plan.distill else ""))
     return BuildRequest(profile, spec, plan, Path(out) if out is not None else Path("build") / profile.id)
 
 
@@ -122,13 +129,16 @@ class Bundle:
 
     def embed(self, texts: list[str], threads: int | None = None) -> np.ndarray:
         """Sentence embeddings of ``texts`` (an embedding bundle), tokenized with the bundle's own tokenizer."""
-        if self.task != "embedding" or not self.manifest.tokenizer_file:
-            raise ValueError(f"{self.path} is a {self.task} bundle without a tokenizer; embed() needs an embedding "
-                             "bundle built from [model] hf")
-        from edgekit import hf
+        tok = self.manifest.data.get("tokenizer") or {}
+        if self.task != "embedding" or not tok:
+            raise ValueError(f"{self.path}: embed() needs an embedding bundle with a tokenizer (built from [model] hf); "
+                             f"this one's task is {self.task}")
+        from edgekit.tokenizer import tokenize
 
-        tok = self.manifest.data["tokenizer"]
-        arrays = hf.tokenize(self.path, list(texts), tok["inputs"], tok["max_length"], tokenizer_file=tok["file"])
+        method = self.method()
+        length = tok.get("max_length") or method.inputs[0].shape[1]
+        arrays = tokenize(self.path, list(texts), [t.name for t in method.inputs], length,
+                          tokenizer_file=tok["file"])
         return next(iter(self.predict(arrays, threads).values()))
 
     def _model(self, threads: int | None) -> Any:

@@ -8,12 +8,13 @@ from typing import Any
 
 from edgekit_runner.manifest import MethodSpec
 
+TOKEN_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 SNIPPETS = {
     "onnxruntime": '''import numpy as np, onnxruntime as ort
 session = ort.InferenceSession("{file}", providers=["CPUExecutionProvider"])
 outputs = session.run(None, {{{feeds}}})''',
     "litert": '''import numpy as np
-from ai_edge_litert.interpreter import Interpreter   # or: from tflite_runtime.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter
 interpreter = Interpreter(model_path="{file}")
 runner = interpreter.get_signature_runner()
 outputs = runner({kwargs})''',
@@ -23,7 +24,7 @@ method = Runtime.get().load_program("{file}").load_method("forward")
 outputs = method.execute([{tensors}])''',
 }
 INSTALL = {"onnxruntime": "pip install onnxruntime=={onnxruntime}",
-           "litert": "pip install ai-edge-litert=={ai-edge-litert}   (boards: tflite-runtime)",
+           "litert": "pip install ai-edge-litert=={ai-edge-litert}",
            "executorch": "pip install executorch=={executorch} torch=={torch}"}
 
 
@@ -45,14 +46,15 @@ def render(manifest: dict[str, Any]) -> str:
     tok = manifest.get("tokenizer")
     if tok:
         lines += [f"Text is tokenized with `{tok['file']}` (Hugging Face `tokenizers`), padded and truncated to "
-                  f"{tok.get('max_length')} tokens; the inputs are its {', '.join(tok.get('inputs', []))} as int64.",
-                  "", "```python", "from tokenizers import Tokenizer",
+                  f"{tok.get('max_length')} tokens; the inputs are its "
+                  + ", ".join(f"{t.name} ({t.dtype})" for t in method.inputs) + ".",
+                  "", "```python", "import numpy as np", "from tokenizers import Tokenizer",
                   f"tok = Tokenizer.from_file(\"{tok['file']}\")",
                   f"tok.enable_truncation(max_length={tok.get('max_length')}); "
                   f"tok.enable_padding(length={tok.get('max_length')})",
                   "enc = tok.encode(\"some text\")",
-                  "input_ids = np.array([enc.ids], dtype=np.int64); attention_mask = np.array([enc.attention_mask], "
-                  "dtype=np.int64)", "```"]
+                  *(f"{t.name} = np.array([enc.{TOKEN_FIELDS.get(t.name, 'ids')}], dtype=np.{t.dtype})"
+                    for t in method.inputs), "```"]
     else:
         lines += ["Inputs are given as the project's data entry produced them (`eval.npz` holds examples: "
                   + ", ".join(f"`input.{t.name}`" for t in method.inputs) + ")."]

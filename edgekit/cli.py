@@ -471,9 +471,10 @@ def inspect(bundle: Path, as_json: bool) -> None:
             con.print(_e(f"  {method.name:<11} {', '.join(ins)} -> {', '.join(outs)}"))
         if v:
             rt = v["runtime"]
+            top1 = (f", top-1 agreement {fmt_number(v.get('top1_agreement'), '.1%')}"
+                    if v.get("top1_agreement") is not None else "")
             con.print(_e(f"  validation  {v['where']} ({rt.get('runtime')} {rt.get('version')}): max abs err "
-                         f"{fmt_number(v.get('max_abs_error'), '.2e')}, top-1 agreement "
-                         f"{fmt_number(v.get('top1_agreement'), '.1%')}, {v.get('metric')} "
+                         f"{fmt_number(v.get('max_abs_error'), '.2e')}{top1}, {v.get('metric')} "
                          f"{fmt_number(v.get('value'), '.2%')}"))
         con.print(_e("  versions    " + ", ".join(f"{k} {val}" for k, val in manifest.get("versions", {}).items())))
         con.print(f"  files       {len(manifest['files'])} listed")

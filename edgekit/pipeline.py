@@ -146,7 +146,8 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
                          reference, output_names, atol, plan.validation,
                          target=plan.runtime_target if on_host else None,
                          max_accuracy_drop=drop if classifier else None,
-                         task=project.task.kind, task_options=project.task.options(), quantized=result is not fp32)
+                         task=project.task.kind, task_options=project.task.options(),
+                         quantized=result is not fp32 and plan.precision.startswith("int"))
             v.raise_if_failed()
             return v
 
@@ -194,7 +195,9 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         staging = writer.staging
         model_file = f"model{exporter.extension}"
         shutil.copy2(result.model_path, staging / model_file)
-        arrays = {**{INPUT + n: a for n, a in eval_inputs.items()}, **({"labels": ev.y} if ev.y is not None else {}),
+        dtypes = artifact_dtypes(project, validation)
+        arrays = {**{INPUT + n: a.astype(dtypes[n], copy=False) for n, a in eval_inputs.items()},
+                  **({"labels": ev.y} if ev.y is not None else {}),
                   **{REFERENCE + n: r for n, r in zip(output_names, reference)}}
         np.savez(staging / "eval.npz", **arrays)
         tokenizer = _copy_tokenizer(project, staging)
@@ -218,7 +221,8 @@ def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_pa
               distilled: dict[str, Any] | None, tokenizer: dict[str, Any] | None) -> dict[str, Any]:
     """What the bundle says about itself (schema 2; file hashes are added when it is committed)."""
     batch = project.inputs[0].shape[0]
-    forward = MethodSpec("forward", tuple(TensorSpec(i.name, i.dtype, tuple(i.shape)) for i in project.inputs),
+    dtypes = artifact_dtypes(project, validation)
+    forward = MethodSpec("forward", tuple(TensorSpec(i.name, dtypes[i.name], tuple(i.shape)) for i in project.inputs),
                          tuple(TensorSpec(n, str(r.dtype), (batch, *r.shape[1:]))
                                for n, r in zip(output_names, reference)))
     return {
@@ -250,6 +254,18 @@ def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_pa
         "versions": tool_versions(),
         "seed": project.seed,
     }
+
+
+def artifact_dtypes(project: ProjectSpec, validation: ValidationResult) -> dict[str, str]:
+    """Each input's dtype as the artifact takes it: the declared one, except where the runtime narrowed an
+    integer input (LiteRT converts int64 ids to int32), so that an app feeding the contract's dtype works."""
+    runtime = validation.runtime_io.get("inputs", [])
+    dtypes = {i.name: i.dtype for i in project.inputs}
+    if len(runtime) == len(project.inputs):
+        for inp, rt in zip(project.inputs, runtime):
+            if np.dtype(inp.dtype).kind in "iu" and np.dtype(rt["dtype"]).kind in "iu" and rt["dtype"] != inp.dtype:
+                dtypes[inp.name] = rt["dtype"]
+    return dtypes
 
 
 def _copy_tokenizer(project: ProjectSpec, staging: Path) -> dict[str, Any] | None:

@@ -307,9 +307,10 @@ def load_data(project: ProjectSpec) -> dict[str, Split]:
             if len(x) != n or n == 0:
                 raise ProjectError(f"data split {name!r}: input {inp.name!r} has {len(x)} samples, the first "
                                    f"input {n}; need as many, at least one")
-            if np.dtype(inp.dtype).kind != x.dtype.kind and not (x.dtype.kind in "iu" and inp.dtype.startswith("int")):
-                raise ProjectError(f"data split {name!r}: input {inp.name!r} holds {x.dtype} data, but it is declared "
-                                   f"{inp.dtype}; convert the data or declare dtype = \"{x.dtype}\" in [[inputs]]")
+            problem = _dtype_problem(x, np.dtype(inp.dtype))
+            if problem:
+                raise ProjectError(f"data split {name!r}: input {inp.name!r} {problem}; convert the data or declare "
+                                   f"dtype = \"{x.dtype}\" in [[inputs]]")
             if x.dtype.kind == "f":
                 bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
                 if bad.size:
@@ -323,6 +324,22 @@ def load_data(project: ProjectSpec) -> dict[str, Split]:
         y = None if labels is None else np.array(labels, dtype=np.int64)
         splits[name] = Split(named[project.inputs[0].name], y, named)
     return splits
+
+
+def _dtype_problem(x: np.ndarray, declared: np.dtype) -> str | None:
+    """Data that would change when cast to the declared dtype: floats into an integer input, signed integers
+    (ids, counts) into a float one, integers outside the declared range. uint8 and bool images into a float
+    input are the usual case and pass."""
+    if declared.kind == "f" and x.dtype.kind in "fub":
+        return None
+    if declared.kind in "iu" and x.dtype.kind in "iub":
+        info = np.iinfo(declared)
+        if x.size and (x.min() < info.min or x.max() > info.max):
+            return f"holds values from {x.min()} to {x.max()}, outside {declared.name}"
+        return None
+    if declared.kind == x.dtype.kind == "b":
+        return None
+    return f"holds {x.dtype} data, but it is declared {declared.name}"
 
 
 def _split_arrays(project: ProjectSpec, split: Any, what: str) -> dict[str, np.ndarray]:
@@ -358,8 +375,9 @@ def _tokenized(project: ProjectSpec, texts: Any, what: str) -> dict[str, np.ndar
     from edgekit import hf
 
     lengths = {i.shape[1] for i in project.inputs if len(i.shape) == 2}
-    if len(lengths) != 1 or len(lengths | {len(i.shape) for i in project.inputs}) != 2:
-        raise ProjectError("text inputs must all be declared [batch, sequence length] with one length")
+    if len(lengths) != 1 or any(len(i.shape) != 2 for i in project.inputs):
+        raise ProjectError(f"{what}: text is tokenized to [batch, sequence length]; declare every [[inputs]] with "
+                           "that shape and one sequence length")
     return hf.tokenize(hf.resolve(project.root, project.model.hf), list(texts), [i.name for i in project.inputs],
                        lengths.pop())
 

@@ -103,9 +103,13 @@ def _rename_io(graph: Any, input_names: list[str] | None, output_names: list[str
     """Give the graph's inputs and outputs these names. torch's exporter names values after the ops that make
     them (an ``aten.embedding`` output is ``embedding``), so an internal value that already has a wanted
     name is renamed out of the way first (the exporter's own renaming then fails the SSA check)."""
-    wanted = dict(zip([v.name for v in graph.input if v.name not in {i.name for i in graph.initializer}],
-                      input_names or []))
-    wanted.update(zip([v.name for v in graph.output], output_names or []))
+    inputs = [v.name for v in graph.input if v.name not in {i.name for i in graph.initializer}]
+    outputs = [v.name for v in graph.output]
+    for given, found, what in ((input_names, inputs, "inputs"), (output_names, outputs, "outputs")):
+        if given and len(given) > len(found):
+            raise ExportError(f"the exported ONNX graph has {len(found)} {what}, the project names {len(given)}")
+    wanted = dict(zip(inputs, input_names or []))
+    wanted.update(zip(outputs, output_names or []))
     wanted = {old: new for old, new in wanted.items() if old != new}
     if not wanted:
         return

@@ -153,5 +153,7 @@ FRACTIONS = ("accuracy", "reference_accuracy", "top1_agreement", "retrieval_agre
              "reference_retrieval_agreement")  # shown in %, their deltas in points
 
 
-def fmt_metric(name: str | None, value: float | None) -> str:
+def fmt_metric(name: str | None, value: Any) -> str:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):  # a row stored by an older edgekit
+        return "-" if value is None else str(value)[:20]
     return fmt_number(value, ".2%" if name in FRACTIONS else ".4f")

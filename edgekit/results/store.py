@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import sqlite3
 import threading
@@ -82,11 +83,15 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, name)
     );
     UPDATE runs SET task = coalesce(json_extract(report, '$.metrics.task'), 'classification'),
-                    metric = coalesce(json_extract(report, '$.metrics.metric'), 'accuracy');
-    UPDATE runs SET metric_value = json_extract(report, '$.metrics.' || metric);
+                    metric = json_extract(report, '$.metrics.metric')
+        WHERE json_valid(report) AND json_type(report, '$.metrics') = 'object';
+    UPDATE runs SET metric_value = (SELECT m.value FROM json_each(runs.report, '$.metrics') AS m
+                                    WHERE m.key = runs.metric AND m.type IN ('integer', 'real'))
+        WHERE metric IS NOT NULL;
     INSERT INTO run_metrics (run_id, name, value)
         SELECT runs.run_id, m.key, m.value FROM runs, json_each(runs.report, '$.metrics') AS m
-        WHERE m.type IN ('integer', 'real');
+        WHERE json_valid(runs.report) AND json_type(runs.report, '$.metrics') = 'object'
+              AND m.type IN ('integer', 'real');
     """,
 )
 LATEST = len(MIGRATIONS)
@@ -227,8 +232,7 @@ class ResultsStore:
         row = _row(report, summary, received_at or datetime.now(UTC))
         # One writer at a time within this process: SQLite's own busy wait polls with growing sleeps, so
         # threads racing for its write lock (the collector's handlers) waited up to 2 s (benchmarks/collector.py).
-        metrics = [(report.run_id, k, v) for k, v in report.metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        metrics = [(report.run_id, k, v) for k, v in report.metrics.items() if _number(v) is not None]
         with self._write_lock, self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -364,8 +368,9 @@ def _peak_rss_mb(memory: dict[str, Any]) -> float | None:
 
 
 def _number(*values: Any) -> Any:
-    """The first value that is a number (reports write an unmeasured figure as null), else None."""
-    return next((v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)), None)
+    """The first value that is a finite number (reports write an unmeasured figure as null), else None."""
+    return next((v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+                 and math.isfinite(v)), None)
 
 
 def _text(value: Any) -> str | None:

@@ -468,3 +468,17 @@ def test_time_model_runs_exactly_the_requested_counts():
     stats = evaluate.time_model(model, np.zeros((2, 3), np.float32), runs=7, warmup=2)
     assert len(calls) == 1 + 2 + 7 and stats["n"] == 7  # first inference, warm-up, timed
     assert stats["batch"] == 2 and stats["warmup"] == 2 and stats["median"] == stats["p50"] > 0
+
+
+def test_litert_tensors_follow_the_argument_order_past_ten():
+    """TFLite keeps a signature's tensors in a map sorted by name (args_10 before args_2); the adapter puts
+    them back in the exported function's order."""
+    names = [f"args_{i}" for i in range(12)]
+
+    class Interp:
+        def _get_full_signature_list(self):
+            return {"serving_default": {"inputs": {n: 100 + i for i, n in enumerate(sorted(names))}, "outputs": {}}}
+
+    details = [{"index": 100 + i, "name": f"serving_default_{n}:0"} for i, n in enumerate(sorted(names))]
+    ordered = runtimes._in_signature_order(Interp(), details, "inputs")
+    assert [d["name"] for d in ordered] == [f"serving_default_{n}:0" for n in names]

@@ -94,8 +94,8 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-TENSOR_2 = {"name": "str", "dtype": OneOf(DTYPES), "shape": ["dim"]}
-METHOD = {"name": "name", "inputs": [TENSOR_2], "outputs": [TENSOR_2], "dims?": Map(["count"])}
+TENSOR_2 = {"name": "name", "dtype": OneOf(DTYPES), "shape": ["dim"]}
+METHOD = {"name": "name", "inputs": [TENSOR_2], "outputs": [TENSOR_2], "dims?": Map("bounds")}
 SCHEMA_2: dict[str, Any] = {
     **{k: v for k, v in SCHEMA.items() if k not in ("project", "model", "eval")},
     "project": {"name": "str", "model_entry?": Null("str")},
@@ -163,11 +163,13 @@ _SCALARS = {
     "relpath": relpath_ok,
     "name": lambda v: isinstance(v, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}", v) is not None,
     "dim": lambda v: (_int(v) and v >= 0) or (isinstance(v, str) and re.fullmatch(r"[A-Za-z_]\w{0,63}", v) is not None),
+    "bounds": lambda v: isinstance(v, list) and len(v) == 2 and all(_int(x) and x >= 0 for x in v),
 }
 _EXPECTED = {"any": "anything", "str": "a string", "int": "an integer (int64)",
              "count": "a non-negative integer (int64)", "num": "a finite number", "bool": "true or false",
              "sha256": "64 lowercase hex digits", "relpath": "a relative path inside the bundle (no '..')",
-             "name": "a name (letters, digits, _ . : -)", "dim": "a size >= 0 or the name of a dynamic dimension"}
+             "name": "a name (letters, digits, _ . : -)", "dim": "a size >= 0 or the name of a dynamic dimension",
+             "bounds": "[min, max], two sizes >= 0"}
 
 
 def _show(value: Any) -> str:
@@ -329,6 +331,8 @@ def _check_methods(manifest: Manifest, source: str) -> None:
     if not names or len(set(names)) != len(names):
         raise ManifestError(f"{source}: methods must be one or more, each named once (got {names})")
     for m in manifest.methods:
+        if not m.inputs or not m.outputs:
+            raise ManifestError(f"{source}: method {m.name!r} needs at least one input and one output")
         io = [t.name for t in (*m.inputs, *m.outputs)]
         if len(set(io)) != len(io):
             raise ManifestError(f"{source}: method {m.name!r} names a tensor twice ({io})")

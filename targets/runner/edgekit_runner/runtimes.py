@@ -313,17 +313,24 @@ def _litert(path: Path, threads: int | None, target: str | None) -> LoadedModel:
 
 
 def _in_signature_order(interp: Any, details: list[dict], kind: str) -> list[dict]:
-    """Tensor details in the order of the model's (single) signature, which is the order of the exported
-    function's arguments and results; the interpreter's own lists need not follow it."""
+    """Tensor details in the order of the exported function's arguments and results, read from the model's
+    (single) signature; the interpreter's own lists need not follow it."""
     try:
         signatures = interp._get_full_signature_list()  # {key: {"inputs": {name: tensor index}, ...}}
     except AttributeError:
         return details
     if len(signatures) != 1:
         return details
-    order = list(next(iter(signatures.values()))[kind].values())
+    # TFLite keeps a signature's tensors in a std::map: by name, so args_10 sorts before args_2. The
+    # exporter numbers them in argument order (args_0, args_1, ...; output_0, ...): sort by that number.
+    named = next(iter(signatures.values()))[kind]
+    order = [named[n] for n in sorted(named, key=_natural)]
     by_index = {d["index"]: d for d in details}
     return [by_index[i] for i in order if i in by_index] if set(order) == set(by_index) else details
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _quantize(a: np.ndarray, detail: dict) -> np.ndarray:
