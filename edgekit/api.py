@@ -47,13 +47,19 @@ def plan_build(device: str, project: str | Path | None = None, *, quant: str = "
     spec = load_project(project)
     plan = make_plan(profile, format, backend, quant=quant, distill=distill and spec.teacher is not None,
                      task=spec.task.kind, **options)
+    if plan.distill:
+        from edgekit.distill.project import DistillSpec, check_task
+
+        check_task(spec, spec.distill or DistillSpec())
     single = ("int8", "int8-qat", "mixed")  # calibrated or trained on one input array, so far
-    if len(spec.inputs) > 1 and (plan.quant in single or plan.distill):
+    one_input_distill = plan.distill and not (spec.distill and spec.distill.embedding)
+    if len(spec.inputs) > 1 and (plan.quant in single or one_input_distill):
         from edgekit.errors import PlanError
 
-        what = "the distill stage" if plan.distill else f"--quant {plan.quant}"
+        what = "the distill stage" if one_input_distill else f"--quant {plan.quant}"
         raise PlanError(f"{what} works on one-input models so far; this project has {len(spec.inputs)} inputs: "
-                        "build with --quant none / fp16 / int8-dynamic" + (" and --no-distill" if plan.distill else ""))
+                        "build with --quant none / fp16 / int8-dynamic" + (" and --no-distill" if one_input_distill
+                                                                           else ""))
     return BuildRequest(profile, spec, plan, Path(out) if out is not None else Path("build") / profile.id)
 
 

@@ -271,7 +271,14 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
              else f"on a host twin: {result.plan.host_twin}")
     con.print(f"[bold]build summary[/] — {m['file']} {m['format']}/{m['backend']} {m['precision']}, "
               f"validated {where} ({v.runtime.get('runtime')} {v.runtime.get('version')}, {v.n_samples} samples)")
-    if d := result.manifest.get("distill"):
+    if (d := result.manifest.get("distill")) and d.get("task") == "embedding":
+        s, i = d["student"], d["initial_student"]
+        con.print(f"  distilled: {d['method']} loss, {d['student_parameters']:,} of the teacher's "
+                  f"{d['teacher_parameters']:,} parameters ({_e(d['student_entry'])}), best epoch {d['best_epoch']} "
+                  f"of {d['epochs_run']}; against the teacher on the eval split: cosine {s['cosine_mean']:.4f} mean / "
+                  f"{s['cosine_min']:.4f} min, retrieval agreement {s['retrieval_agreement']:.1%} (before training "
+                  f"{i['cosine_mean']:.4f}, {i['retrieval_agreement']:.1%})")
+    elif d:
         con.print(f"  distilled: {d['method']} T={d['temperature']:g} α={d['alpha']:g}, best epoch "
                   f"{d['best_epoch']} of {d['epochs_run']}; teacher {d['teacher_accuracy']:.2%}, student "
                   f"{d['original_student_accuracy']:.2%} (model entry) -> {d['student_accuracy']:.2%} (distilled) "
@@ -431,7 +438,7 @@ def quantize_report(ctx: click.Context, device: str, project: Path | None, calib
             from edgekit.distill.project import distill_for_build
 
             model, _, record = distill_for_build(spec, splits, model, lambda msg: status.update(f"distill: {msg}"))
-            network = f"the distilled student {record['student_entry']} (teacher {spec.teacher.entry})"
+            network = f"the distilled student {record['student_entry']} (teacher {spec.teacher.source})"
         ev, n = splits["eval"], spec.inputs[0].shape[0]
         example = (torch.from_numpy(ev.x[:n]).clone(memory_format=torch.contiguous_format),)
         report = analyze(model, example, splits["calib"].x[:calib_samples], ev.x, ev.y, budget,

@@ -194,3 +194,42 @@ def check_tokenizer(folder: Path, config: Any) -> None:
     if vocab is not None and tok.get_vocab_size() > vocab:
         raise ProjectError(f"{folder / TOKENIZER} has {tok.get_vocab_size()} tokens but the model's vocabulary "
                            f"is {vocab}: the tokenizer does not belong to this model")
+
+
+def encoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
+    """The transformer's stack of layers and its path: the one ``ModuleList`` as long as
+    ``config.num_hidden_layers`` (``encoder.layer`` in BERT, ``layers`` in Llama)."""
+    encoder = getattr(model, "encoder", model)
+    n = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
+    stacks = [(name, m) for name, m in encoder.named_modules()
+              if isinstance(m, torch.nn.ModuleList) and len(m) == n]
+    if n is None or len(stacks) != 1:
+        raise ProjectError(f"cannot find the layer stack of {type(encoder).__name__} (a ModuleList of "
+                           f"config.num_hidden_layers = {n} layers); student_layers needs a transformers encoder")
+    return stacks[0]
+
+
+def keep_layers(model: torch.nn.Module, layers: tuple[int, ...]) -> torch.nn.Module:
+    """A copy of ``model`` with only the listed layers of its stack, in that order, initialised with the
+    teacher's weights (DistilBERT's and TinyBERT's starting point: every other layer). Embeddings, pooling
+    and normalisation are copied as they are; ``config.num_hidden_layers`` follows."""
+    import copy
+
+    _, stack = encoder_layers(model)
+    bad = [i for i in layers if not 0 <= i < len(stack)]
+    if not layers or bad or len(set(layers)) != len(layers):
+        raise ProjectError(f"student_layers = {list(layers)}: give distinct layer indices of the teacher's "
+                           f"{len(stack)} layers (0 to {len(stack) - 1})")
+    student = copy.deepcopy(model)
+    encoder = getattr(student, "encoder", student)
+    path, kept = encoder_layers(student)
+    chosen = [kept[i] for i in layers]
+    for i, layer in enumerate(chosen):  # Llama's attention caches by layer index
+        if hasattr(getattr(layer, "self_attn", None), "layer_idx"):
+            layer.self_attn.layer_idx = i
+    parent, _, attr = path.rpartition(".")
+    setattr(encoder.get_submodule(parent) if parent else encoder, attr, torch.nn.ModuleList(chosen))
+    encoder.config.num_hidden_layers = len(layers)
+    if getattr(encoder.config, "layer_types", None):
+        encoder.config.layer_types = [encoder.config.layer_types[i] for i in layers]
+    return student

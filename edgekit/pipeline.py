@@ -117,7 +117,8 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
 
             stage("distill", f"teacher {project.teacher.source}")
             model, teacher, distilled = distill_for_build(project, splits, model, lambda msg: stage("distill", msg))
-            if distilled["student_accuracy"] < distilled["original_student_accuracy"]:
+            if "student_accuracy" in distilled and \
+                    distilled["student_accuracy"] < distilled["original_student_accuracy"]:
                 n = len(splits["eval"].y)
                 wrong = [round((1 - distilled[k]) * n) for k in ("student_accuracy", "original_student_accuracy")]
                 warnings.append(f"the distilled student ({distilled['student_accuracy']:.2%}, {wrong[0]} of {n} wrong) "

@@ -64,7 +64,7 @@ class Plan(BaseModel):
             ("precision", self.precision),
             ("quantization", f"{quant}; profile recommends {self.profile_default_quant}"),
             ("validation", f"{where}, {check}"),
-            ("distillation", "teacher -> fresh student (KD; the distill table)" if self.distill else "none"),
+            ("distillation", "teacher -> student with the project's [distill] settings" if self.distill else "none"),
             ("stages", " -> ".join(self.stages)),
             *(("note", note) for note in self.notes),
         ]
@@ -111,8 +111,6 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
     if task != "classification" and quant in CLASSIFIER_ONLY:
         raise PlanError(f"--quant {quant} trains or measures against class labels; a {task} project can use "
                         f"--quant {' / '.join(s for s in ('none', *SCHEMES) if s not in CLASSIFIER_ONLY)}")
-    if task != "classification" and distill:
-        raise PlanError(f"the build's distill stage trains classifiers; build a {task} project with --no-distill")
     if keep_float and quant != "mixed":
         raise PlanError(f"--keep-float applies to --quant mixed, not --quant {quant}")
     budget = accuracy_budget(profile, max_accuracy_drop)

@@ -55,7 +55,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edgekit.distill.project import DistillSpec
+from edgekit.distill.spec import DistillSpec
 from edgekit.errors import ProjectError, UnsafeFileError
 from edgekit.fsutil import read_toml
 from edgekit.profiles import describe_validation_error
@@ -169,7 +169,7 @@ class ProjectSpec(_Frozen):
     def _distill_needs_a_teacher(self) -> ProjectSpec:
         if self.distill is not None and self.teacher is None:
             raise ValueError("[distill] needs a teacher to learn from: add [teacher] entry = \"file.py:function\" "
-                             "(returning the trained teacher), or remove [distill]")
+                             "(returning the trained teacher) or hf = \"MODEL_FOLDER\", or remove [distill]")
         return self
 
 

@@ -2,7 +2,8 @@
 
 Modules (import the one you need; this package itself imports no torch, so the CLI stays fast):
 
-- :mod:`edgekit.distill.losses`   logit losses by name (Hinton KD, soft-labels-only, CE), ``make_loss``
+- :mod:`edgekit.distill.losses`   losses by name (Hinton KD, soft-labels-only, CE; cosine, MSE of embeddings)
+- :mod:`edgekit.distill.embedding` ``distill_embeddings``: a smaller encoder learns the teacher's embeddings
 - :mod:`edgekit.distill.hints`    FitNet hints: features by module path through forward hooks, regressors
 - :mod:`edgekit.distill.trainer`  the seeded training loop: AdamW + cosine, eval, early stopping,
                                   safetensors checkpoints with resume, torch.distributed data parallel

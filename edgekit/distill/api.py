@@ -58,7 +58,7 @@ class DistillResult:
     student: nn.Module  # trained in place, best epoch's weights, eval mode
     metrics: dict[str, Any]  # JSON-able: settings, per-epoch history, best epoch, accuracies (metrics.json)
     best_epoch: int
-    student_accuracy: float
+    student_accuracy: float | None  # classifiers; an embedding student's figures are in metrics["student"]
     teacher_accuracy: float | None
     files: list[Path] = field(default_factory=list)
     teacher: nn.Module | None = None  # eval mode, on the training device

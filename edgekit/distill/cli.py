@@ -19,15 +19,16 @@ import click
 @click.command("distill")
 @click.option("--project", "-p", type=click.Path(path_type=Path), default=None,
               help="edgekit.toml or its folder  [default: ./edgekit.toml]")
-@click.option("--method", type=click.Choice(["hinton", "fitnet", "fitnet+hinton"]), default=None,
-              help="hinton = KD loss; fitnet = hint stage, then CE; fitnet+hinton = hint stage, then KD  "
-                   "[default: hinton]")
+@click.option("--method", type=click.Choice(["hinton", "fitnet", "fitnet+hinton", "cosine", "mse"]), default=None,
+              help="hinton = KD loss; fitnet = hint stage, then CE; fitnet+hinton = hint stage, then KD; "
+                   "cosine / mse = match the teacher's embeddings (embedding projects)  [default: hinton]")
 @click.option("--temperature", "-T", type=float, default=None, help="Softmax temperature T > 0  [default: 4]")
 @click.option("--alpha", type=float, default=None,
               help="Weight of the soft-label term in [0, 1]; 1 = soft labels only  [default: 0.9]")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs  [default: 30]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Global batch size  [default: 64]")
-@click.option("--lr", type=float, default=None, help="AdamW peak learning rate (cosine decay)  [default: 3e-3]")
+@click.option("--lr", type=float, default=None,
+              help="AdamW peak learning rate (cosine decay)  [default: 3e-3; 5e-4 for cosine / mse]")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs without a better calib accuracy  [default: never]")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="[default: the project's seed]")
@@ -66,9 +67,9 @@ def distill_command(project: Path | None, method: str | None, temperature: float
         overrides["hints"] = {h.teacher: h.student for h in map(Hint.parse, hint_layers)}
     settings = (spec.distill or DistillSpec()).model_copy(update=overrides)
     con = Console(highlight=False, soft_wrap=True)
-    con.print(f"[bold]edgekit distill[/] — project {escape(repr(spec.name))}: {settings.method}, "
-              f"T={settings.temperature:g}, alpha={settings.alpha:g}, {settings.epochs} epochs, "
-              f"batch {settings.batch_size}, lr {settings.lr:g}")
+    loss = "" if settings.embedding else f"T={settings.temperature:g}, alpha={settings.alpha:g}, "
+    con.print(f"[bold]edgekit distill[/] — project {escape(repr(spec.name))}: {settings.method}, {loss}"
+              f"{settings.epochs} epochs, batch {settings.batch_size}, lr {settings.learning_rate:g}")
     with warnings.catch_warnings(record=True) as caught, _ProgressView(con) as view:
         warnings.simplefilter("always", category=DistillWarning)
         result = distill_project(spec, settings, out_dir=out, resume=resume, seed=seed, device=device,
@@ -83,7 +84,13 @@ class _ProgressView:
     """A rich progress bar per training stage, and one line per epoch."""
 
     def __init__(self, con: Any):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.con = con
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -110,15 +117,26 @@ class _ProgressView:
         if p.event == "epoch" and "eval_accuracy" in p.metrics:  # the trainer's eval is the calib split here
             self.con.print(f"  epoch {p.epoch:>3}/{p.epochs}  loss {p.loss:.4f}  calib accuracy "
                            f"{p.metrics['eval_accuracy']:.2%}  calib loss {p.metrics['eval_loss']:.4f}")
+        elif p.event == "epoch" and "eval_cosine_mean" in p.metrics:
+            self.con.print(f"  epoch {p.epoch:>3}/{p.epochs}  loss {p.loss:.4f}  calib cosine to the teacher "
+                           f"{p.metrics['eval_cosine_mean']:.4f}  retrieval agreement "
+                           f"{p.metrics['eval_retrieval_agreement']:.1%}")
 
 
 def _summary(con: Any, result: Any) -> None:
     m = result.metrics
-    teacher = f"{result.teacher_accuracy:.2%}" if result.teacher_accuracy is not None else "n/a"
     con.print(f"[bold]distill summary[/] — {m['method']} on {m['n_train']} train samples; best epoch chosen on "
-              f"{m['n_select']} ({m['select_split']}), accuracy on {m['n_eval']} ({m['eval_split']})")
-    con.print(f"  teacher accuracy   {teacher} ({m['teacher_parameters']:,} parameters)")
-    con.print(f"  student accuracy   {result.student_accuracy:.2%} ({m['student_parameters']:,} parameters)")
+              f"{m['n_select']} ({m['select_split']}), figures on {m['n_eval']} ({m['eval_split']})")
+    if m.get("task") == "embedding":
+        con.print(f"  teacher            {m['teacher_parameters']:,} parameters")
+        for label, s in (("student", m["student"]), ("before training", m["initial_student"])):
+            con.print(f"  {label:<18} cosine to the teacher {s['cosine_mean']:.4f} mean / {s['cosine_min']:.4f} min, "
+                      f"retrieval agreement {s['retrieval_agreement']:.1%}"
+                      + (f" ({m['student_parameters']:,} parameters)" if label == "student" else ""))
+    else:
+        teacher = f"{result.teacher_accuracy:.2%}" if result.teacher_accuracy is not None else "n/a"
+        con.print(f"  teacher accuracy   {teacher} ({m['teacher_parameters']:,} parameters)")
+        con.print(f"  student accuracy   {result.student_accuracy:.2%} ({m['student_parameters']:,} parameters)")
     ran = len(m["history"])
     con.print(f"  best epoch         {result.best_epoch} of {ran} run"
               + (" (stopped early)" if m["stopped_early"] else "")

@@ -23,7 +23,9 @@ teacher (semi-supervised transfer data). Each term is averaged over its own coun
 with no position counted is 0.
 
 Registered: ``hinton`` (:class:`HintonKD`), ``soft`` (:class:`SoftKD`, alpha = 1, no labels needed:
-for unlabeled transfer data), ``ce`` (:class:`CrossEntropy`, the student-alone baseline).
+for unlabeled transfer data), ``ce`` (:class:`CrossEntropy`, the student-alone baseline); for embeddings
+``[B, D]`` (no labels, no temperature): ``cosine`` (:class:`CosineEmbedding`, ``1 - cos(e_s, e_t)``) and
+``mse`` (:class:`MSEEmbedding`, the squared difference per component).
 Registration is this module's explicit ``LOSSES`` table, nothing registers itself on import.
 
 >>> loss = make_loss({"name": "hinton", "kwargs": {"temperature": 4.0, "alpha": 0.9}})
@@ -165,7 +167,45 @@ class CrossEntropy(_Loss):
         return hard_ce(student, labels, _labelled(_positions(student, mask), labels, self.ignore_index))
 
 
-LOSSES: dict[str, type[_Loss]] = {cls.name: cls for cls in (HintonKD, SoftKD, CrossEntropy)}
+def check_embeddings(student: Any, teacher: Any) -> None:
+    """Refuse a student whose embeddings cannot be compared with the teacher's, naming both shapes."""
+    s, t = tuple(student.shape), tuple(teacher.shape)
+    if s != t:
+        raise DistillError(f"the teacher's embeddings have shape {list(t)} but the student's {list(s)}; an embedding "
+                           "student must keep the teacher's width (its retrieval compares the two directly)")
+
+
+@dataclass(frozen=True)
+class CosineEmbedding(_Loss):
+    """``mean_b (1 - cos(e_s,b, e_t,b))``: the direction of the teacher's embedding, which is what retrieval
+    by cosine similarity reads; the length is left free (sentence-transformers normalise it anyway)."""
+
+    name: ClassVar[str] = "cosine"
+
+    def __call__(self, student: Any, teacher: Any, labels: Any = None, mask: Any = None) -> Any:
+        import torch.nn.functional as F
+
+        check_embeddings(student, teacher)
+        return (1 - F.cosine_similarity(student.flatten(1), teacher.detach().flatten(1), dim=-1)).mean()
+
+
+@dataclass(frozen=True)
+class MSEEmbedding(_Loss):
+    """``mean_b,d (e_s,bd - e_t,bd)^2``: the teacher's embedding itself, length included (the loss of
+    DistilBERT-style and sentence-transformers' "MSE" model distillation)."""
+
+    name: ClassVar[str] = "mse"
+
+    def __call__(self, student: Any, teacher: Any, labels: Any = None, mask: Any = None) -> Any:
+        import torch.nn.functional as F
+
+        check_embeddings(student, teacher)
+        return F.mse_loss(student, teacher.detach())
+
+
+LOSSES: dict[str, type[_Loss]] = {cls.name: cls for cls in (HintonKD, SoftKD, CrossEntropy, CosineEmbedding,
+                                                            MSEEmbedding)}
+EMBEDDING_LOSSES = (CosineEmbedding.name, MSEEmbedding.name)
 
 
 def make_loss(config: dict[str, Any]) -> Any:

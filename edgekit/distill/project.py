@@ -3,12 +3,20 @@
     [distill]
     student = "examples/digits/model.py:StudentCNN"     # entry returning the UNTRAINED student (a class
                                                         # works); default: the [model] entry, re-initialised
-    method = "hinton"                 # hinton | fitnet | fitnet+hinton
+    method = "hinton"                 # hinton | fitnet | fitnet+hinton (classifiers); cosine | mse (embeddings)
     temperature = 2.0                 # default 4.0
     alpha = 0.9
     epochs = 30
     cache_teacher = true              # the teacher's outputs computed once (right without augmentation)
     hints = { "features.5" = "features.3" }             # teacher path = student path (fitnet)
+
+An embedding project (``[task] kind = "embedding"``) distils a smaller encoder from a transformer teacher
+(``[teacher] hf = ...``) with an embedding loss (:mod:`edgekit.distill.embedding`)::
+
+    [distill]
+    method = "cosine"                 # 1 - cos(student, teacher); or "mse"
+    student_layers = [0, 2, 4]        # the student: these of the teacher's layers, with their weights
+    epochs = 8                        # lr defaults to 5e-4 here (3e-3 for classifiers)
 
 Out-of-range values (T <= 0, alpha outside [0, 1], epochs < 1, ...) are refused when the project is
 read, naming the field. ``edgekit distill`` runs these settings alone; ``edgekit build`` runs them as
@@ -28,57 +36,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Self
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
 
 from edgekit.distill import DistillError
-
-
-class DistillSpec(BaseModel):
-    """Settings for ``edgekit distill`` and the build's distill stage; CLI options override them.
-    Out-of-range values in ``edgekit.toml`` are refused when the project is read, naming the field."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    student: str | None = Field(default=None, pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$",
-                                description="entry point returning the untrained student")
-    method: Literal["hinton", "fitnet", "fitnet+hinton"] = "hinton"
-    temperature: float = Field(default=4.0, gt=0, allow_inf_nan=False)
-    alpha: float = Field(default=0.9, ge=0, le=1)
-    epochs: int = Field(default=30, ge=1)
-    batch_size: int = Field(default=64, ge=1)
-    lr: float = Field(default=3e-3, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(default=1e-2, ge=0)
-    patience: int | None = Field(default=None, ge=1)
-    hints: dict[str, str] = Field(default_factory=dict, description="teacher module path -> student module path")
-    hint_weight: float = Field(default=1.0, ge=0)
-    hint_epochs: int | None = Field(default=None, ge=1)
-    hint_schedule: Literal["two-stage", "joint"] = "two-stage"
-    cache_teacher: bool = False
-
-    @model_validator(mode="after")
-    def _fitnet_needs_hints(self) -> Self:
-        if self.method.startswith("fitnet") and not self.hints:
-            raise ValueError(f"method {self.method!r} needs hints = {{ \"TEACHER_PATH\" = \"STUDENT_PATH\" }}")
-        return self
-
-    def check(self) -> None:
-        """Refuse bad values before any model is loaded (the same checks distill() makes)."""
-        from edgekit.distill.losses import HintonKD
-        from edgekit.distill.trainer import TrainConfig
-
-        HintonKD(self.temperature, self.alpha)
-        TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                    patience=self.patience)
-        if self.method.startswith("fitnet") and not self.hints:
-            raise DistillError(f"method {self.method!r} needs at least one hint layer: --hint-layer "
-                               "TEACHER_PATH=STUDENT_PATH (or hints = {...} under [distill])")
-
-    def distill_kwargs(self) -> dict[str, Any]:
-        """These settings as keyword arguments of :func:`edgekit.distill.api.distill`."""
-        return {**self.model_dump(exclude={"student", "hints"}),
-                "hints": [f"{t}={s}" for t, s in self.hints.items()]}
+from edgekit.distill.spec import DistillSpec
 
 
 def load_student(project: Any, settings: DistillSpec, seed: int, model: Any = None) -> Any:
@@ -110,16 +71,28 @@ def distill_project(project: Any, settings: DistillSpec, out_dir: Path | None = 
     from edgekit.project import load_data, load_model, model_outputs
 
     settings.check()
-    if project.teacher is None:
-        raise DistillError(f"{project.file} declares no teacher; add [teacher] entry = \"file.py:function\" "
-                           "(a function returning the trained teacher) to distill")
+    check_task(project, settings)
     seed = project.seed if seed is None else seed
     say = on_stage or (lambda name, detail: None)
     if splits is None:
         say("data", project.data.entry)
         splits = load_data(project)
-    say("teacher", project.teacher.entry)
+    say("teacher", project.teacher.source)
     teacher = load_model(project, project.teacher, "teacher")
+    if settings.embedding:
+        from edgekit.distill.embedding import distill_embeddings
+
+        say("student", student_description(project, settings))
+        if settings.student_layers is not None:
+            from edgekit.hf import keep_layers
+
+            student = keep_layers(teacher, settings.student_layers)
+        else:
+            student = load_student(project, settings, seed, model)
+        kwargs = settings.distill_kwargs()
+        return distill_embeddings(student, teacher, splits, [i.name for i in project.inputs], loss=settings.method,
+                                  **{k: kwargs[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")},
+                                  seed=seed, device=device, out_dir=out_dir, resume=resume, on_progress=on_progress)
     model_outputs(teacher, splits["eval"].x[:2], f"the teacher ({project.teacher.entry})")
     say("student", student_description(project, settings))
     student = load_student(project, settings, seed, model)
@@ -128,9 +101,28 @@ def distill_project(project: Any, settings: DistillSpec, out_dir: Path | None = 
                    select_split="calib", on_progress=on_progress, **settings.distill_kwargs())
 
 
+def check_task(project: Any, settings: DistillSpec) -> None:
+    """Refuse, before anything is loaded, a distill method that does not fit the project's task or teacher."""
+    kind = project.task.kind
+    if project.teacher is None:
+        raise DistillError(f"{project.file} declares no teacher; add [teacher] entry = \"file.py:function\" "
+                           "(a function returning the trained teacher) or hf = \"MODEL_FOLDER\" to distill")
+    if settings.embedding and kind != "embedding":
+        raise DistillError(f"[distill] method {settings.method!r} matches embeddings; a {kind} project distils with "
+                           "hinton, fitnet or fitnet+hinton")
+    if not settings.embedding and kind != "classification":
+        raise DistillError(f"[distill] method {settings.method!r} trains on class scores; a {kind} project distils "
+                           "with method = \"cosine\" or \"mse\" (the teacher's embeddings)")
+    if settings.student_layers is not None and project.teacher.hf is None:
+        raise DistillError("[distill] student_layers picks layers of a transformers teacher; declare it with "
+                           "[teacher] hf = \"MODEL_FOLDER\", or give student = \"file.py:function\"")
+
+
 def student_description(project: Any, settings: DistillSpec) -> str:
     """Where the untrained student comes from, in words."""
-    return settings.student or f"{project.model.entry}, re-initialised"
+    if settings.student_layers is not None:
+        return f"layers {', '.join(map(str, settings.student_layers))} of the teacher ({project.teacher.source})"
+    return settings.student or f"{project.model.source}, re-initialised"
 
 
 def distill_for_build(project: Any, splits: dict[str, Any], model: Any,
@@ -147,16 +139,30 @@ def distill_for_build(project: Any, splits: dict[str, Any], model: Any,
 
     def progress(p: Any) -> None:
         if p.event == "epoch":
-            acc = p.metrics.get("eval_accuracy")
+            acc, cos = p.metrics.get("eval_accuracy"), p.metrics.get("eval_cosine_mean")
             say(f"{'hint stage, ' if p.stage == 'hints' else ''}epoch {p.epoch}/{p.epochs}, loss {p.loss:.4f}"
-                + (f", calib accuracy {acc:.2%}" if acc is not None else ""))
+                + (f", calib accuracy {acc:.2%}" if acc is not None else "")
+                + (f", calib cosine to the teacher {cos:.4f}" if cos is not None else ""))
 
     result = distill_project(project, settings, device="cpu", on_progress=progress,
                              on_stage=lambda name, detail: say(f"loading the {name}: {detail}"),
                              splits=splits, model=model)
+    m = result.metrics
+    if settings.embedding:
+        record = {
+            "method": m["method"], "loss": m["loss"], "task": "embedding", "student_layers": settings.student_layers,
+            "epochs": settings.epochs, "epochs_run": len(m["history"]), "best_epoch": m["best_epoch"],
+            "best_epoch_chosen_on": m["select_split"], "measured_on": m["eval_split"],
+            "teacher_entry": project.teacher.source, "student_entry": student_description(project, settings),
+            "teacher_parameters": m["teacher_parameters"], "student_parameters": m["student_parameters"],
+            "student": m["student"], "initial_student": m["initial_student"], "lr": m["config"]["lr"],
+            "seed": m["config"]["seed"], "seconds": m["seconds"],
+            "history": [{"epoch": h["epoch"], "train_loss": h["train_loss"],
+                         f"{m['select_split']}_cosine_mean": h.get("eval_cosine_mean")} for h in m["history"]],
+        }
+        return result.student, result.teacher, record
     ev = splits["eval"]
     original = evaluate_classifier(model, torch.from_numpy(ev.x), torch.from_numpy(ev.y))
-    m = result.metrics
     record = {
         "method": m["method"], "loss": m["loss"], "temperature": settings.temperature, "alpha": settings.alpha,
         "hints": m["hints"], "epochs": settings.epochs, "epochs_run": len(m["history"]), "best_epoch": m["best_epoch"],

@@ -173,12 +173,14 @@ def _layout(modules: dict[str, nn.Module]) -> list[list[Any]]:
 
 def fit(modules: dict[str, nn.Module], step_loss: StepLoss, train: tuple[torch.Tensor, torch.Tensor],
         config: TrainConfig, *, params: list[nn.Parameter] | None = None,
-        evaluate: tuple[torch.Tensor, torch.Tensor] | None = None, stage: str = "train",
+        evaluate: tuple[torch.Tensor, torch.Tensor] | Callable[[nn.Module], dict[str, float]] | None = None,
+        stage: str = "train",
         on_progress: ProgressFn | None = None, checkpoint: Path | None = None, resume: bool = False,
         recipe: dict[str, Any] | None = None) -> FitResult:
     """Train ``params`` (default: every parameter of ``modules``) to minimise ``step_loss`` over ``train``.
 
-    ``modules["student"]`` is the model evaluated on ``evaluate`` (x, y) after every epoch; all of
+    ``modules["student"]`` is the model evaluated on ``evaluate`` (x, y) after every epoch (or by
+    ``evaluate(student)``, a callable returning metrics whose ``eval_score`` is maximised); all of
     ``modules`` (e.g. hint regressors beside it) are checkpointed and restored together. ``step_loss(x, y,
     index)`` gets a batch on the training device and the batch's sample indices (for cached targets).
     ``recipe``: extra JSON settings (loss, method) that must match to resume from ``checkpoint``.
@@ -232,7 +234,10 @@ def fit(modules: dict[str, nn.Module], step_loss: StepLoss, train: tuple[torch.T
                 on_progress(Progress(stage, "step", epoch, config.epochs, step, steps, loss_sum / seen))
         record = {"epoch": epoch, "train_loss": loss_sum / seen, "lr": opt.param_groups[0]["lr"]}
         key: tuple[float, float] | None = None
-        if evaluate is not None:
+        if callable(evaluate):  # a task's own measure: its "eval_score" is maximised
+            record.update(evaluate(modules["student"]))
+            key = (record["eval_score"],)
+        elif evaluate is not None:
             record.update(evaluate_classifier(modules["student"], *evaluate, device, world))
             key = (record["eval_accuracy"], -record["eval_loss"])
         state["history"].append(record)

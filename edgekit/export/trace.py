@@ -44,3 +44,21 @@ def summarize(e: BaseException) -> str:
         return f"{type(e).__name__}: {first}" + (f" (at {user})" if user else "")
     f = frames[-1]
     return f"{type(e).__name__}: {first} (at {f.group(1)}:{f.group(2)} in {f.group(3)}: {f.group(4).strip()})"
+
+
+def export_train_graph(model: Any, example: tuple) -> Any:
+    """A graph for training: the batch dimension dynamic (batch norm switches to its training
+    form through torchao's move_exported_model_to_train in the training loop)."""
+    import copy
+
+    import torch
+
+    x = example[0]
+    batch2 = (torch.cat([x[:1], x[:1]]),) + tuple(example[1:])
+    dims = ({0: torch.export.Dim("batch", min=1, max=1 << 16)}, *([None] * (len(example) - 1)))
+    try:  # a copy: training must not change the caller's fp32 model
+        graph = torch.export.export(copy.deepcopy(model).eval(), batch2, dynamic_shapes=dims, strict=False)
+    except Exception as e:
+        raise ExportError(f"torch.export cannot trace {type(model).__name__} for QAT with a dynamic batch: "
+                          f"{summarize(e)}") from e
+    return graph.module()

@@ -54,7 +54,7 @@ def pt2e_quantize(model: Any, example: tuple, batches: Iterable[np.ndarray], qua
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
-    from edgekit.export.trace import export_program, summarize
+    from edgekit.export.trace import export_program, export_train_graph, summarize
 
     try:
         if qat is None:
@@ -65,7 +65,7 @@ def pt2e_quantize(model: Any, example: tuple, batches: Iterable[np.ndarray], qua
                 if not batches:  # dynamic: weight observers still need one pass to see the weights
                     prepared(*example)
         else:
-            prepared = prepare_qat_pt2e(_export_train_graph(model, example), quantizer)
+            prepared = prepare_qat_pt2e(export_train_graph(model, example), quantizer)
             prepared = qat(prepared)
         converted = convert_pt2e(prepared, fold_quantize=fold)
         move_exported_model_to_eval(converted)
@@ -74,24 +74,6 @@ def pt2e_quantize(model: Any, example: tuple, batches: Iterable[np.ndarray], qua
         raise
     except Exception as e:
         raise ExportError(f"PT2E quantization failed: {summarize(e)}") from e
-
-
-def _export_train_graph(model: Any, example: tuple) -> Any:
-    """A graph for training: the batch dimension dynamic (batch norm switches to its training
-    form through torchao's move_exported_model_to_train in the training loop)."""
-    import torch
-
-    from edgekit.export.trace import summarize
-
-    x = example[0]
-    batch2 = (torch.cat([x[:1], x[:1]]),) + tuple(example[1:])
-    dims = ({0: torch.export.Dim("batch", min=1, max=1 << 16)}, *([None] * (len(example) - 1)))
-    try:  # a copy: training must not change the caller's fp32 model
-        graph = torch.export.export(copy.deepcopy(model).eval(), batch2, dynamic_shapes=dims, strict=False)
-    except Exception as e:
-        raise ExportError(f"torch.export cannot trace {type(model).__name__} for QAT with a dynamic batch: "
-                          f"{summarize(e)}") from e
-    return graph.module()
 
 
 def torchao_int4(model: Any, scheme: Int4WeightOnly) -> Any:
@@ -178,11 +160,21 @@ def xnnpack_quantizer(scheme: Scheme) -> Any:
         get_symmetric_quantization_config,
     )
 
-    from edgekit.quantize.sensitivity import restricted_quantizer
-
     config = get_symmetric_quantization_config(is_per_channel=scheme.per_channel, is_qat=isinstance(scheme, Int8QAT),
                                                is_dynamic=isinstance(scheme, Int8Dynamic))
     return restricted_quantizer(XNNPACKQuantizer(), config, getattr(scheme, "float_layers", ()))
+
+
+def restricted_quantizer(quantizer: Any, config: Any, float_layers: tuple[str, ...] = ()) -> Any:
+    """An XNNPACKQuantizer that quantizes everything except the modules ``float_layers`` (and every
+    node traced from inside them). XNNPACK refuses a None module config, so this is a node filter."""
+    quantizer.set_global(config)
+    if float_layers:
+        from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+        filters = [get_module_name_filter(name) for name in float_layers]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in filters))
+    return quantizer
 
 
 def coreml_weight_quantizer() -> Any:

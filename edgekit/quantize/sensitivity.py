@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgekit.quantize.backends import restricted_quantizer
 from edgekit.quantize.numerics import sqnr_db
 
 QUANTIZABLE = ("Conv1d", "Conv2d", "Conv3d", "Linear")
@@ -98,18 +99,6 @@ def xnnpack_config(per_channel: bool = True) -> Any:
     return get_symmetric_quantization_config(is_per_channel=per_channel)
 
 
-def restricted_quantizer(quantizer: Any, config: Any, float_layers: tuple[str, ...] = ()) -> Any:
-    """An XNNPACKQuantizer that quantizes everything except the modules ``float_layers`` (and every
-    node traced from inside them). XNNPACK refuses a None module config, so this is a node filter."""
-    quantizer.set_global(config)
-    if float_layers:
-        from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
-
-        filters = [get_module_name_filter(name) for name in float_layers]
-        quantizer.set_filter_function(lambda node: not any(f(node) for f in filters))
-    return quantizer
-
-
 class _Simulator:
     """Quantize a dynamic-batch copy of the model with a given float set and measure it on eval."""
 
@@ -117,10 +106,10 @@ class _Simulator:
                  per_channel: bool, batch: int = 256):
         import torch
 
-        from edgekit.quantize.backends import _export_train_graph
+        from edgekit.export.trace import export_train_graph
 
         self.model = copy.deepcopy(model).eval()
-        self.graph = _export_train_graph(self.model, example)  # dynamic batch: calibrate/evaluate in chunks
+        self.graph = export_train_graph(self.model, example)  # dynamic batch: calibrate/evaluate in chunks
         self.has_batch_norm = any("batch_norm" in str(n.target) for n in self.graph.graph.nodes)
         self.calib, self.ev_x, self.ev_y = calib, ev_x, ev_y
         self.per_channel, self.batch = per_channel, batch

@@ -31,13 +31,13 @@ def _tokenizer(folder: Path, extra_tokens: int = 0) -> None:
     tok.save(str(folder / "tokenizer.json"))
 
 
-def _bert(folder: Path) -> Path:
+def _bert(folder: Path, layers: int = 2, init: float = 0.02) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=4 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=32)).save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=4 + len(WORDS), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=32, initializer_range=init)).save_pretrained(folder)
     _tokenizer(folder)
     (folder / "modules.json").write_text(json.dumps([
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
@@ -49,12 +49,12 @@ def _bert(folder: Path) -> Path:
     return folder
 
 
-def _llama(folder: Path) -> Path:
+def _llama(folder: Path, layers: int = 2) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=4 + len(WORDS), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    config = LlamaConfig(vocab_size=4 + len(WORDS), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
     LlamaModel(config).save_pretrained(folder)
     _tokenizer(folder)

@@ -151,7 +151,7 @@ def test_registry_round_trips_every_loss_and_names_mistakes():
         assert make_loss(loss.to_config()) == loss and loss.to_config()["name"] == name
     assert make_loss({"name": "hinton", "kwargs": {"temperature": 2.0}}) == HintonKD(temperature=2.0)
     assert isinstance(make_loss({"name": "ce"}), CrossEntropy)
-    with pytest.raises(DistillError, match="unknown loss 'hintn'; known: ce, hinton, soft"):
+    with pytest.raises(DistillError, match="unknown loss 'hintn'; known: ce, cosine, hinton, mse, soft"):
         make_loss({"name": "hintn"})
     with pytest.raises(DistillError, match="loss 'hinton' has no setting tau; it takes alpha, ignore_index, "):
         make_loss({"name": "hinton", "kwargs": {"tau": 2}})

@@ -16,13 +16,18 @@ from edgekit_runner.tasks.base import Judgement, Task, agreement, first
 THRESHOLDS = {"min_cosine_mean": (0.999, 0.99), "min_cosine": (0.999, 0.97), "min_retrieval_agreement": (0.99, 0.95)}
 
 
-def nearest_neighbours(vectors: np.ndarray) -> np.ndarray:
-    """For each row, the index of the most cosine-similar other row."""
+def nearest_neighbours(vectors: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """For each row, the index of the most cosine-similar other row; ``chunk`` rows at a time, so memory
+    stays at ``chunk x N`` similarities on a board with a large eval set."""
     v = np.asarray(vectors, np.float64).reshape(len(vectors), -1)
     v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    sim = v @ v.T
-    np.fill_diagonal(sim, -np.inf)
-    return sim.argmax(axis=1)
+    found = np.empty(len(v), dtype=np.int64)
+    for start in range(0, len(v), chunk):
+        sim = v[start:start + chunk] @ v.T
+        rows = np.arange(len(sim))
+        sim[rows, start + rows] = -np.inf
+        found[start:start + chunk] = sim.argmax(axis=1)
+    return found
 
 
 class Embedding(Task):
