@@ -1,4 +1,7 @@
-"""The build: load [-> distill] -> export -> validate [-> quantize -> validate] -> bundle.
+"""The build: load [-> distill] -> export -> validate [-> analyze] [-> quantize | qat -> validate] -> bundle.
+
+The plan's ``stages`` is the list that runs: each stage is a plain function of a :class:`Build` record
+(:data:`STAGES`), reading the typed artifacts earlier stages left there and adding its own.
 
 When the project declares a teacher (and ``distill`` is not turned off), the distill stage trains
 a fresh student from it with the project's ``[distill]`` settings, and that student is what gets
@@ -32,12 +35,12 @@ from edgekit import signals
 from edgekit.bundle import SCHEMA_VERSION, BundleWriter
 from edgekit.errors import ProjectError
 from edgekit.export import EXPORTERS
-from edgekit.export.base import subdir
+from edgekit.export.base import ExportResult, subdir
 from edgekit.fsutil import remove_if_owner_dead
 from edgekit.plan import Plan
 from edgekit.profiles import DeviceProfile
 from edgekit.project import ProjectSpec, load_data, load_model, model_outputs
-from edgekit.quantize.schemes import Int8QAT, Mixed, scheme_from_dict
+from edgekit.quantize.schemes import scheme_from_dict
 from edgekit.train import LossFn, cross_entropy, pt2e_qat_trainer
 from edgekit.validate import ValidationResult, validate
 
@@ -78,16 +81,211 @@ def remove_dead_temp() -> None:
                          lambda name: name.split("-")[2])
 
 
-def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, force: bool = False,
-          on_stage: StageCallback = lambda stage, detail: None) -> BuildResult:
-    """Run the plan and write the bundle to ``out`` atomically. Raises EdgekitError subclasses.
-    The distill stage runs when the plan has it (a project with a teacher, without --no-distill)."""
+@dataclass
+class Build:
+    """What the stages pass on: each stage is a plain function of this record that reads what earlier
+    stages made and adds its own typed artifacts (the PyTorch model, the reference outputs, the exports and
+    their validations, the manifest). ``say(stage, detail)`` reports progress."""
+
+    profile: DeviceProfile
+    project: ProjectSpec
+    plan: Plan
+    out: Path
+    work: Path
+    staging: Path
+    say: StageCallback
+    splits: dict[str, Any] = field(default_factory=dict)
+    model: Any = None  # the network that is exported (the distilled student once the distill stage ran)
+    reference: list[np.ndarray] = field(default_factory=list)  # its outputs on the eval split
+    teacher: Any = None
+    distilled: dict[str, Any] | None = None  # the manifest's record of the distill stage
+    scheme: Any = None  # the quantization scheme, as the analyze stage settles it
+    fine_tune: Any = None  # QAT's training loop, for the quantize stage
+    fp32: ExportResult | None = None
+    fp32_validation: ValidationResult | None = None
+    quantized: ExportResult | None = None
+    validation: ValidationResult | None = None  # of the artifact that ships
+    sensitivity: Any = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.project.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return _output_names(self.project, len(self.reference))
+
+    @property
+    def eval_inputs(self) -> dict[str, np.ndarray]:
+        return self.splits["eval"].named(self.project)
+
+    @property
+    def example(self) -> tuple[Any, ...]:
+        import torch
+
+        batch = self.project.inputs[0].shape[0]
+        return tuple(torch.from_numpy(self.eval_inputs[n][:batch]).clone(memory_format=torch.contiguous_format)
+                     for n in self.input_names)
+
+    @property
+    def result(self) -> ExportResult:
+        """The artifact that ships: the quantized one when there is one."""
+        return self.quantized or self.fp32
+
+    def export(self, name: str, **quant: Any) -> ExportResult:
+        return EXPORTERS[self.plan.format].export(self.model, self.example, self.plan.backend, subdir(self.work, name),
+                                                  input_names=self.input_names, output_names=self.output_names,
+                                                  **quant)
+
+
+def load_stage(b: Build) -> None:
+    """The project's data and model, and the model's outputs on eval (which checks the model entry early)."""
     import torch
 
+    b.say("load", f"data and model of project {b.project.name!r}")
+    torch.manual_seed(b.project.seed)
+    b.splits = load_data(b.project)
+    b.model = load_model(b.project)
+    b.reference = reference_outputs(b.model, b.splits, b.project)
+
+
+def distill_stage(b: Build) -> None:
+    """A student trained from the project's teacher with its [distill] settings replaces the model."""
+    from edgekit.distill.project import distill_for_build
+
+    b.say("distill", f"teacher {b.project.teacher.source}")
+    b.model, b.teacher, d = distill_for_build(b.project, b.splits, b.model, lambda msg: b.say("distill", msg))
+    b.distilled = d
+    if "student_accuracy" in d and d["student_accuracy"] < d["original_student_accuracy"]:
+        n = len(b.splits["eval"].y)
+        wrong = [round((1 - d[k]) * n) for k in ("student_accuracy", "original_student_accuracy")]
+        b.warnings.append(f"the distilled student ({d['student_accuracy']:.2%}, {wrong[0]} of {n} wrong) is less "
+                          f"accurate than the project's model entry ({d['original_student_accuracy']:.2%}, "
+                          f"{wrong[1]} wrong) on the eval split; build with --no-distill to ship the model entry's "
+                          "network")
+    b.reference = reference_outputs(b.model, b.splits, b.project)
+
+
+def export_stage(b: Build) -> None:
+    """The fp32 artifact: always built, the baseline a quantized one is compared with."""
+    if b.plan.quant_scheme and b.plan.quant_scheme.get("float_layers"):
+        from edgekit.quantize.sensitivity import check_layer_names
+
+        check_layer_names(b.model, tuple(b.plan.quant_scheme["float_layers"]))
+    b.say("export", f"{b.plan.format}/{b.plan.backend} fp32")
+    b.fp32 = b.export("fp32")
+
+
+def validate_stage(b: Build) -> None:
+    """The newest artifact against the PyTorch reference, in the target runtime or on the host twin; a
+    failure stops the build (ValidationFailed)."""
+    plan, on_host = b.plan, b.plan.validation == "target-runtime"
+    quantized = b.quantized is not None
+    if quantized:
+        b.say("validate-quantized", f"{plan.quant} against PyTorch fp32")
+    else:
+        b.say("validate", "fp32 against PyTorch " + ("in the target runtime" if on_host else "on the host twin"))
+    artifact = b.result
+    v = validate(artifact.model_path if on_host else artifact.twin_path, plan.runtime, b.eval_inputs,
+                 b.splits["eval"].y, b.reference, b.output_names,
+                 None if quantized else EXPORTERS[plan.format].atol["fp32"], plan.validation,
+                 target=plan.runtime_target if on_host else None,
+                 max_accuracy_drop=plan.max_accuracy_drop if quantized and b.project.task.kind == "classification"
+                 else None, task=b.project.task.kind, task_options=b.project.task.options(),
+                 quantized=quantized and plan.precision.startswith("int"))
+    v.raise_if_failed()
+    b.validation = v
+    if not quantized:
+        b.fp32_validation = v
+
+
+def _calib(b: Build) -> Any:
+    return b.splits["calib"].x if len(b.input_names) == 1 else b.splits["calib"].named(b.project)
+
+
+def analyze_stage(b: Build) -> None:
+    """Mixed precision: the per-layer int8 sensitivity picks the layers kept in float."""
+    from edgekit.quantize.sensitivity import analyze
+
+    scheme = scheme_from_dict(b.plan.quant_scheme)
+    ev = b.splits["eval"]
+    b.say("analyze", "per-layer int8 sensitivity on the eval split")
+    b.sensitivity = analyze(b.model, b.example, _calib(b)[: scheme.calib_samples], ev.x, ev.y,
+                            b.plan.max_accuracy_drop, scheme.per_channel, scheme.float_layers or None,
+                            progress=lambda msg: b.say("analyze", msg))
+    b.scheme = dataclasses.replace(scheme, float_layers=tuple(b.sensitivity.float_layers))
+
+
+def quantize_stage(b: Build) -> None:
+    """Post-training quantization with the backend's own quantizer (and calibration where it needs one)."""
+    scheme = b.scheme or scheme_from_dict(b.plan.quant_scheme)
+    n_calib = len(b.splits["calib"].x)
+    if n_calib < scheme.calib_samples:
+        b.warnings.append(f"calibration split has {n_calib} samples, fewer than the {scheme.calib_samples} "
+                          f"requested; used {n_calib}")
+    used = min(n_calib, scheme.calib_samples)
+    b.say("quantize", f"{b.plan.quant} with the backend's own quantizer"
+                      + (f", {used} calibration samples" if used else ", no calibration"))
+    b.quantized = b.export("quant", quant=scheme, calib=_calib(b))
+    if b.sensitivity is not None:
+        b.quantized.details["quantization"]["sensitivity"] = b.sensitivity.to_dict()
+
+
+def qat_stage(b: Build) -> None:
+    """Quantization-aware fine-tuning (with the KD loss against the teacher when the distill stage ran)."""
+    scheme = scheme_from_dict(b.plan.quant_scheme)
+    train = b.splits["train"]
+    loss_name, loss_fn = _qat_loss(b.teacher, b.distilled)
+    fine_tune = pt2e_qat_trainer(scheme, train.x, train.y, b.project.seed, loss_fn,
+                                 lambda e, n, loss: b.say("qat", f"epoch {e}/{n}, loss {loss:.4f}"))
+    b.say("qat", f"{scheme.epochs} epochs on {len(train.x)} train samples, {loss_name} loss")
+    b.quantized = b.export("quant", quant=scheme, calib=_calib(b), fine_tune=fine_tune)
+    details = b.quantized.details["quantization"]
+    details["loss"] = loss_name
+    if loss_name == "hinton-kd":
+        details["kd"] = {"teacher": b.project.teacher.source, **b.distilled["loss"]}
+
+
+def bundle_stage(b: Build) -> None:
+    """The model, eval set (named inputs, labels, reference outputs), tokenizer, runner, manifest and README
+    into the staging folder; :class:`BundleWriter` then commits it atomically."""
+
+    b.say("bundle", str(b.out))
+    staging, result = b.staging, b.result
+    model_file = f"model{EXPORTERS[b.plan.format].extension}"
+    shutil.copy2(result.model_path, staging / model_file)
+    dtypes = artifact_dtypes(b.project, b.validation)
+    ev = b.splits["eval"]
+    arrays = {**{INPUT + n: a.astype(dtypes[n], copy=False) for n, a in b.eval_inputs.items()},
+              **({"labels": ev.y} if ev.y is not None else {}),
+              **{REFERENCE + n: r for n, r in zip(b.output_names, b.reference)}}
+    np.savez(staging / "eval.npz", **arrays)
+    tokenizer = _copy_tokenizer(b.project, staging)
+    _copy_runner(staging / "edgekit_runner")
+    b.manifest = _manifest(b.profile, b.project, b.plan, staging / model_file, b.output_names, b.reference, arrays,
+                           result, b.validation, None if b.quantized is None else (b.fp32, b.fp32_validation),
+                           b.warnings, b.distilled, tokenizer)
+
+
+STAGES: dict[str, Callable[[Build], None]] = {
+    "load": load_stage, "distill": distill_stage, "export": export_stage, "validate": validate_stage,
+    "analyze": analyze_stage, "quantize": quantize_stage, "qat": qat_stage, "bundle": bundle_stage,
+}
+
+
+def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, force: bool = False,
+          on_stage: StageCallback = lambda stage, detail: None) -> BuildResult:
+    """Run the plan's stages (``plan.stages``, each a function in :data:`STAGES`) and write the bundle to
+    ``out`` atomically. Raises EdgekitError subclasses."""
+    unknown = [s for s in plan.stages if s not in STAGES]
+    if unknown:
+        raise ProjectError(f"the plan has stage {unknown[0]!r}, which this edgekit does not know")
     timings: dict[str, float] = {}
     current: list[Any] = []  # [stage name, start time] of the running stage
 
-    def stage(name: str, detail: str) -> None:
+    def say(name: str, detail: str) -> None:
         """Start stage ``name``; calling it again with the same name only updates the detail."""
         signals.checkpoint()  # an interrupt swallowed where it landed (a GC callback) stops the build here
         now = time.perf_counter()
@@ -99,121 +297,20 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
         current[:] = [name, now]
         on_stage(name, detail)
 
-    exporter = EXPORTERS[plan.format]
-    classifier = project.task.kind == "classification"
-    input_names = [i.name for i in project.inputs]
     remove_dead_temp()
     with BundleWriter(out, force) as writer, \
             tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as work:
-        stage("load", f"data and model of project {project.name!r}")
-        torch.manual_seed(project.seed)
-        splits = load_data(project)
-        model = load_model(project)
-        ev = splits["eval"]
-        reference = reference_outputs(model, splits, project)  # checks the model entry before any training
-        teacher, distilled, warnings = None, None, []
-        if plan.distill:
-            from edgekit.distill.project import distill_for_build
-
-            stage("distill", f"teacher {project.teacher.source}")
-            model, teacher, distilled = distill_for_build(project, splits, model, lambda msg: stage("distill", msg))
-            if "student_accuracy" in distilled and \
-                    distilled["student_accuracy"] < distilled["original_student_accuracy"]:
-                n = len(splits["eval"].y)
-                wrong = [round((1 - distilled[k]) * n) for k in ("student_accuracy", "original_student_accuracy")]
-                warnings.append(f"the distilled student ({distilled['student_accuracy']:.2%}, {wrong[0]} of {n} wrong) "
-                                f"is less accurate than the project's model entry "
-                                f"({distilled['original_student_accuracy']:.2%}, {wrong[1]} wrong) on the eval split; "
-                                "build with --no-distill to ship the model entry's network")
-        if plan.quant_scheme and plan.quant_scheme.get("float_layers"):
-            from edgekit.quantize.sensitivity import check_layer_names
-
-            check_layer_names(model, tuple(plan.quant_scheme["float_layers"]))
-        if plan.distill:
-            reference = reference_outputs(model, splits, project)
-        output_names = _output_names(project, len(reference))
-        eval_inputs = ev.named(project)
-        batch = project.inputs[0].shape[0]
-        example = tuple(torch.from_numpy(eval_inputs[n][:batch]).clone(memory_format=torch.contiguous_format)
-                        for n in input_names)
-
-        stage("export", f"{plan.format}/{plan.backend} fp32")
-        names = {"input_names": input_names, "output_names": output_names}
-        fp32 = exporter.export(model, example, plan.backend, subdir(work, "fp32"), **names)
-
-        def check(result: Any, atol: float | None, drop: float | None) -> ValidationResult:
-            on_host = plan.validation == "target-runtime"
-            v = validate(result.model_path if on_host else result.twin_path, plan.runtime, eval_inputs, ev.y,
-                         reference, output_names, atol, plan.validation,
-                         target=plan.runtime_target if on_host else None,
-                         max_accuracy_drop=drop if classifier else None,
-                         task=project.task.kind, task_options=project.task.options(),
-                         quantized=result is not fp32 and plan.precision.startswith("int"))
-            v.raise_if_failed()
-            return v
-
-        stage("validate", "fp32 against PyTorch " + ("in the target runtime" if plan.validation == "target-runtime"
-                                                     else "on the host twin"))
-        fp32_validation = check(fp32, exporter.atol["fp32"], None)
-        result, validation, sensitivity = fp32, fp32_validation, None
-        if plan.quant_scheme:
-            scheme = scheme_from_dict(plan.quant_scheme)
-            calib = splits["calib"].x if len(input_names) == 1 else splits["calib"].named(project)
-            fine_tune = None
-            if isinstance(scheme, Mixed):
-                from edgekit.quantize.sensitivity import analyze
-
-                stage("analyze", "per-layer int8 sensitivity on the eval split")
-                sensitivity = analyze(model, example, calib[: scheme.calib_samples], ev.x, ev.y,
-                                      plan.max_accuracy_drop, scheme.per_channel, scheme.float_layers or None,
-                                      progress=lambda msg: stage("analyze", msg))
-                scheme = dataclasses.replace(scheme, float_layers=tuple(sensitivity.float_layers))
-            if isinstance(scheme, Int8QAT):
-                loss_name, loss_fn = _qat_loss(teacher, distilled)
-                fine_tune = pt2e_qat_trainer(scheme, splits["train"].x, splits["train"].y, project.seed, loss_fn,
-                                             lambda e, n, loss: stage("qat", f"epoch {e}/{n}, loss {loss:.4f}"))
-                stage("qat", f"{scheme.epochs} epochs on {len(splits['train'].x)} train samples, {loss_name} loss")
-            else:
-                n_calib = len(splits["calib"].x)
-                if n_calib < scheme.calib_samples:
-                    warnings.append(f"calibration split has {n_calib} samples, fewer than the "
-                                    f"{scheme.calib_samples} requested; used {n_calib}")
-                used = min(n_calib, scheme.calib_samples)
-                stage("quantize", f"{plan.quant} with the backend's own quantizer"
-                                  + (f", {used} calibration samples" if used else ", no calibration"))
-            result = exporter.export(model, example, plan.backend, subdir(work, "quant"), **names,
-                                     quant=scheme, calib=calib, fine_tune=fine_tune)
-            if sensitivity is not None:
-                result.details["quantization"]["sensitivity"] = sensitivity.to_dict()
-            if isinstance(scheme, Int8QAT):
-                result.details["quantization"]["loss"] = loss_name
-                if loss_name == "hinton-kd":
-                    result.details["quantization"]["kd"] = {"teacher": project.teacher.source, **distilled["loss"]}
-            stage("validate-quantized", f"{plan.quant} against PyTorch fp32")
-            validation = check(result, None, plan.max_accuracy_drop)
-
-        stage("bundle", str(out))
-        staging = writer.staging
-        model_file = f"model{exporter.extension}"
-        shutil.copy2(result.model_path, staging / model_file)
-        dtypes = artifact_dtypes(project, validation)
-        arrays = {**{INPUT + n: a.astype(dtypes[n], copy=False) for n, a in eval_inputs.items()},
-                  **({"labels": ev.y} if ev.y is not None else {}),
-                  **{REFERENCE + n: r for n, r in zip(output_names, reference)}}
-        np.savez(staging / "eval.npz", **arrays)
-        tokenizer = _copy_tokenizer(project, staging)
-        _copy_runner(staging / "edgekit_runner")
-        manifest = _manifest(profile, project, plan, staging / model_file, output_names, reference, arrays,
-                             result, validation, None if result is fp32 else (fp32, fp32_validation), warnings,
-                             distilled, tokenizer)
-        stage("done", "")
-        manifest["timings_s"] = timings
+        b = Build(profile, project, plan, out, Path(work), writer.staging, say)
+        for name in plan.stages:
+            STAGES[name](b)
+        say("done", "")
+        b.manifest["timings_s"] = timings
         from edgekit.bundle_readme import write_readme
 
-        write_readme(staging, manifest)
-        bundle = writer.commit(manifest)
-    return BuildResult(bundle, plan, manifest, validation, timings,
-                       None if result is fp32 else fp32_validation, warnings, sensitivity)
+        write_readme(writer.staging, b.manifest)
+        bundle = writer.commit(b.manifest)
+    return BuildResult(bundle, plan, b.manifest, b.validation, timings,
+                       None if b.quantized is None else b.fp32_validation, b.warnings, b.sensitivity)
 
 
 def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_path: Path, output_names: list[str],

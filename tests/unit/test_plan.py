@@ -43,3 +43,23 @@ def test_format_not_on_device():
 def test_plan_round_trips_through_dict():
     plan = make_plan(load_profile("raspberry-pi-5"))
     assert type(plan).model_validate(plan.model_dump()) == plan
+
+
+def test_every_stage_a_plan_lists_is_a_stage_the_pipeline_runs():
+    """The plan's stage list is what the build runs, stage by stage: each name must be a pipeline stage."""
+    from edgekit.pipeline import STAGES
+    from edgekit.plan import QUANT_CHOICES
+    from edgekit.profiles import ProfileRegistry
+
+    seen = set()
+    for profile_id in ProfileRegistry().names():
+        for quant in QUANT_CHOICES:
+            for distill in (False, True):
+                try:
+                    plan = make_plan(load_profile(profile_id), quant=quant, distill=distill)
+                except PlanError:
+                    continue
+                assert set(plan.stages) <= set(STAGES), (profile_id, quant, plan.stages)
+                assert plan.stages[0] == "load" and plan.stages[-1] == "bundle"
+                seen.update(plan.stages)
+    assert seen == set(STAGES)  # and every pipeline stage is reachable from some plan
