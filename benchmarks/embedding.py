@@ -65,7 +65,7 @@ def main() -> None:
             table.append(f"| {r['device']} | {r['path']} | {r['precision']} | {r['cosine_mean']:.5f} / "
                          f"{r['cosine_min']:.5f} | {r['retrieval_agreement']:.1%} | {r['size_ratio']:.3f} | "
                          f"{r['latency_ratio']:.2f}× | {r['where']} |")
-    note = (f"\n200 eval sentences of `pydoc_data.topics`, sequence length 64, batch 1; latency is this "
+    note = (f"\n\n200 eval sentences of `pydoc_data.topics`, sequence length 64, batch 1; latency is this "
             f"{os.cpu_count()}-CPU host's (median of 50 runs), as a ratio to the fp32 export of the same build. "
             "Command: `.venv/bin/python benchmarks/embedding.py`.")
     write_results("embedding", "MiniLM with each profile's default quantization", "\n".join(table) + note, rows)

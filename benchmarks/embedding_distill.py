@@ -111,7 +111,7 @@ def main() -> None:
                      f"{r['latency_ms']:.2f} | {r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | "
                      f"{r['retrieval_agreement']:.1%} |")
     init = record["initial_student"]
-    note = (f"\nStudent: layers {', '.join(map(str, record['student_layers']))} of all-MiniLM-L6-v2, "
+    note = (f"\n\nStudent: layers {', '.join(map(str, record['student_layers']))} of all-MiniLM-L6-v2, "
             f"{record['method']} loss, {record['epochs']} epochs (best {record['best_epoch']}, chosen on calib), "
             f"lr {record['lr']:g}, on {len(splits['train'].x)} train sentences; distillation took {distill_s:.0f} s on "
             f"this host. Before training (the teacher's layers alone) it had cosine {init['cosine_mean']:.4f} / "
