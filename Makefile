@@ -4,7 +4,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 DEVICE ?= pixel8
 
-.PHONY: install demo test bench kd-table clean
+.PHONY: install demo test bench kd-table tiny-lm clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,14 @@ bench: install
 	$(VENV)/bin/python benchmarks/runner_overhead.py
 	$(VENV)/bin/python benchmarks/collector.py
 	$(VENV)/bin/python benchmarks/embedding.py
+	$(VENV)/bin/python benchmarks/embedding_distill.py
 	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano --quant none int8
 
 kd-table: install  # Hinton KD / FitNet / int8 on digits, 3 seeds: benchmarks/results/kd_table.{md,json} (~15 min)
 	$(VENV)/bin/python -m benchmarks.kd_table
+
+tiny-lm: install  # examples/tiny_lm's teacher and student, trained once and cached (~10 min on 2 cores)
+	$(VENV)/bin/python examples/tiny_lm/train.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -140,3 +140,11 @@ def test_an_embedding_loss_on_a_classifier_or_layers_of_a_teacher_entry_are_refu
     result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--project", str(tmp_path), "--dry-run"])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1].startswith("error: ") and message in result.output
+
+
+def test_the_minilm_l3_example_plans_a_distill_stage():
+    root = Path(__file__).resolve().parents[2]
+    result = CliRunner().invoke(cli, ["build", "-d", "host-cpu", "--format", "onnx", "--project",
+                                      str(root / "examples" / "minilm_l3"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "load -> distill -> export -> validate" in result.output

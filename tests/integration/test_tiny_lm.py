@@ -1,0 +1,70 @@
+"""examples/tiny_lm: the decoder family (RMSNorm, rotary positions, grouped-query attention, SwiGLU, tied
+embeddings), its tokenizer (reproducible from Python's documentation) and its training loop, on tiny sizes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "examples" / "tiny_lm"))
+
+import data  # noqa: E402
+import model as lm  # noqa: E402
+import train  # noqa: E402
+
+TINY = lm.LMConfig(vocab_size=data.VOCAB_SIZE, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64,
+                   max_seq_len=64)
+
+
+def test_the_committed_tokenizer_is_what_training_it_again_gives():
+    fresh = data.train_tokenizer(data.paragraphs()["train"])
+    assert fresh.to_str() == data.load_tokenizer().to_str()
+    tok = data.load_tokenizer()
+    assert tok.get_vocab_size() == data.VOCAB_SIZE and tok.token_to_id(data.EOS) == 0
+    text = "def f(x):\n    return x ** 2  # ünïcode"
+    assert tok.decode(tok.encode(text).ids) == text  # byte-level: nothing is unknown or lost
+
+
+def test_the_splits_are_fixed_and_disjoint():
+    p = data.paragraphs()
+    assert min(len(v) for v in p.values()) > 200 and not set(p["eval"]) & set(p["train"])
+    s = data.load_splits(32)
+    assert s["eval"]["tokens"].shape[1] == 33 and s["eval"]["tokens"].dtype == np.int64
+    assert len(s["train"]["tokens"]) > 5 * len(s["eval"]["tokens"])
+
+
+def test_the_decoder_is_causal_and_groups_its_queries():
+    torch.manual_seed(0)
+    model = lm.TinyLM(TINY).eval()
+    assert model.layers[0].attn.k.out_features == TINY.n_kv_heads * TINY.head_dim  # 2 K/V heads for 4 query heads
+    x = torch.randint(1, TINY.vocab_size, (2, 16))
+    y = x.clone()
+    y[:, 10:] = (y[:, 10:] + 7) % TINY.vocab_size  # change the future
+    with torch.no_grad():
+        a, b = model(x), model(y)
+    assert a.shape == (2, 16, TINY.vocab_size)
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-5) and not torch.allclose(a[:, 10:], b[:, 10:])
+    with pytest.raises(ValueError, match="65 tokens, more than the model's maximum context of 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="must split into 5 heads"):
+        lm.LMConfig(dim=32, n_heads=5)
+
+
+def test_training_learns_the_text():
+    splits = {k: {"tokens": v["tokens"][:160]} for k, v in data.load_splits(32).items()}
+    torch.manual_seed(0)
+    before = train.perplexity(lm.TinyLM(TINY), splits["eval"]["tokens"])
+    model, report = train.train(TINY, splits, epochs=2, lr=1e-2, batch_size=16, seed=0, say=lambda _: None)
+    assert before > 1500  # about the vocabulary size (2048): no idea yet
+    assert report["eval_perplexity"] < before / 2, report  # 20 steps of a 84k-parameter model: ~750 here
+
+
+def test_a_model_that_was_never_trained_says_how_to_train_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"run `python examples/tiny_lm/train.py` once"):
+        lm.teacher()
