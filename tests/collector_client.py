@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 
@@ -28,10 +29,12 @@ def raw_request(url: str, data: bytes, timeout: float = 5.0, half_close: bool = 
     with socket.create_connection((host, int(port)), timeout=timeout) as s:
         s.sendall(data)
         if half_close:
-            s.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):  # a server that answered at once (503) may have closed already
+                s.shutdown(socket.SHUT_WR)
         answer = b""
-        while chunk := s.recv(65536):
-            answer += chunk
+        with contextlib.suppress(ConnectionResetError):  # what arrived before a reset is still the answer
+            while chunk := s.recv(65536):
+                answer += chunk
     return (int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/") else 0), answer
 
 

@@ -248,6 +248,11 @@ class _Server(ThreadingHTTPServer):
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
                                 b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
                                 + str(len(_BUSY)).encode() + b"\r\n\r\n" + _BUSY)
+                request.shutdown(socket.SHUT_WR)
+                request.setblocking(False)
+                for _ in range(16):  # read what already arrived: closing over unread bytes sends a reset,
+                    if not request.recv(4096):  # which can destroy the 503 before the client reads it
+                        break
             log.warning("%s busy: %d requests in progress, answered 503", client_address[0], self.max_handlers)
             self.shutdown_request(request)
             return

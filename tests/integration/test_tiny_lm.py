@@ -68,3 +68,23 @@ def test_a_model_that_was_never_trained_says_how_to_train_it(tmp_path, monkeypat
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"run `python examples/tiny_lm/train.py` once"):
         lm.teacher()
+
+
+def test_token_level_kd_pulls_the_student_towards_the_teacher():
+    """KD with alpha = 1 (the teacher's next-token distributions only, no labels): the student's predictions
+    move towards the teacher's."""
+    splits = {k: {"tokens": v["tokens"][:96]} for k, v in data.load_splits(32).items()}
+    teacher, _ = train.train(TINY, splits, epochs=2, lr=1e-2, batch_size=16, seed=1, say=lambda _: None)
+    x = torch.from_numpy(splits["eval"]["tokens"][:, :-1])
+
+    def kl_to_teacher(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            p_t = torch.log_softmax(teacher(x), -1)
+            return torch.nn.functional.kl_div(torch.log_softmax(model(x), -1), p_t, log_target=True,
+                                              reduction="batchmean").item()
+
+    torch.manual_seed(2)
+    before = kl_to_teacher(lm.TinyLM(TINY))
+    student, _ = train.train(TINY, splits, epochs=2, lr=1e-2, batch_size=16, seed=2, say=lambda _: None,
+                             teacher=teacher, alpha=1.0)
+    assert kl_to_teacher(student) < before / 2

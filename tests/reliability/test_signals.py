@@ -17,10 +17,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("_interrupted_build.py")
 
 
+def _default_signals() -> None:
+    """The child starts with the default dispositions, as from a terminal, whatever the test runner was
+    started with (under `nohup` SIGHUP is ignored, and edgekit rightly keeps an inherited SIG_IGN: that case
+    is test_a_signal_the_parent_ignores_stays_ignored)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start(mode: str, out: Path, tmp: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, str(SCRIPT), mode, str(out), *extra], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
 
 
 def _assert_nothing_written(out: Path, tmp: Path) -> None:
@@ -88,7 +96,7 @@ def test_the_next_build_removes_what_a_killed_build_left(tmp_path):
 
 # ---------------------------------------------------------------- the collector, nohup, critical sections
 
-def _serve(tmp_path: Path, preexec=None) -> subprocess.Popen:
+def _serve(tmp_path: Path, preexec=_default_signals) -> subprocess.Popen:
     env = {**os.environ, "EDGEKIT_HOME": str(tmp_path / "home"), "EDGEKIT_TOKEN": "t" * 32, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", "--port", "0"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
