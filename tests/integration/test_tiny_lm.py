@@ -3,6 +3,7 @@ embeddings), its tokenizer (reproducible from Python's documentation) and its tr
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -11,14 +12,28 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "examples" / "tiny_lm"))
+FOLDER = ROOT / "examples" / "tiny_lm"
+NAMES = ("data", "model", "train")  # the example's modules import each other by these plain names
 
-import data  # noqa: E402
-import model as lm  # noqa: E402
-import train  # noqa: E402
 
-TINY = lm.LMConfig(vocab_size=data.VOCAB_SIZE, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=64,
-                   max_seq_len=64)
+@pytest.fixture(scope="module", autouse=True)
+def tiny_lm_modules():
+    """examples/tiny_lm's data, model and train, importable by their plain names for this module's tests only:
+    other examples have a data.py and a model.py too (digits' model.py imports `data`), so the names and the
+    path are put back afterwards."""
+    saved = {n: sys.modules.pop(n) for n in NAMES if n in sys.modules}
+    sys.path.insert(0, str(FOLDER))
+    try:
+        modules = [importlib.import_module(n) for n in NAMES]
+        globals().update(data=modules[0], lm=modules[1], train=modules[2])
+        globals()["TINY"] = modules[1].LMConfig(vocab_size=modules[0].VOCAB_SIZE, dim=32, n_layers=2, n_heads=4,
+                                                n_kv_heads=2, hidden_dim=64, max_seq_len=64)
+        yield
+    finally:
+        sys.path.remove(str(FOLDER))
+        for n in NAMES:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
 
 
 def test_the_committed_tokenizer_is_what_training_it_again_gives():
