@@ -2,10 +2,10 @@
 teacher's sentence embeddings, in fp32 and with the transformer int8 recipe, through ONNX Runtime (the
 host-cpu path). One run: the student is distilled once with examples/minilm_l3's [distill] settings (the
 build's distill stage), both networks are exported by edgekit's ONNX exporter, and the four files are timed
-in alternating rounds in this process. Fidelity is to the teacher in PyTorch on the 200 eval sentences
+in alternating rounds in this process, through the runner's own adapters and timing. Fidelity is to the teacher in PyTorch on the 200 eval sentences
 (the split the best epoch was not chosen on). Writes benchmarks/results/embedding_distill.{md,json}.
 
-    .venv/bin/python benchmarks/embedding_distill.py [--rounds 7] [--runs 20] [--threads 1]
+    .venv/bin/python benchmarks/embedding_distill.py [--rounds 7] [--threads 1]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from _results import write_results
+from _timing import interleaved_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,12 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="alternating timing rounds")
-    ap.add_argument("--runs", type=int, default=20, help="timed calls per file per round (batch 1)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
     args = ap.parse_args()
 
-    import numpy as np
-    import onnxruntime as ort
     import torch
 
     from edgekit.distill.project import distill_for_build
@@ -63,38 +61,16 @@ def main() -> None:
                                          output_names=["embedding"], quant=scheme,
                                          calib=calib if scheme is not None else None)
                 files[f"{who} {precision}"] = result.model_path
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                    for k, p in files.items()}
+        from edgekit_runner import evaluate, runtimes
+
         rows = []
-        for key, sess in sessions.items():
-            feed_names = [i.name for i in sess.get_inputs()]
-            out = np.concatenate([sess.run(None, {f: ev[n][i:i + 1] for f, n in zip(feed_names, names)})[0]
-                                  for i in range(len(ev[names[0]]))])
+        for key, path in files.items():
+            out = evaluate.run_dataset(runtimes.load(path, "onnxruntime", threads=args.threads), ev)[0]
             m = EMBEDDING.score({"e": out}, {}, {"e": reference})
-            rows.append({"model": key, "bytes": files[key].stat().st_size, "cosine_mean": m["cosine_mean"],
+            rows.append({"model": key, "bytes": path.stat().st_size, "cosine_mean": m["cosine_mean"],
                          "cosine_min": m["cosine_min"], "retrieval_agreement": m["retrieval_agreement"]})
-        # latency: every file in each round, the order flipped every round; ratio to the teacher fp32 per round
-        one = {n: ev[n][:1] for n in names}
-        feeds = {k: {f: one[n] for f, n in zip([i.name for i in s.get_inputs()], names)} for k, s in sessions.items()}
-        ratios: dict[str, list[float]] = {k: [] for k in sessions}
-        medians: dict[str, list[float]] = {k: [] for k in sessions}
-        order = list(sessions)
-        for r in range(args.rounds):
-            times = {}
-            for key in (order if r % 2 == 0 else order[::-1]):
-                sess, feed = sessions[key], feeds[key]
-                sess.run(None, feed)
-                samples = []
-                for _ in range(args.runs):
-                    t = time.perf_counter()
-                    sess.run(None, feed)
-                    samples.append(time.perf_counter() - t)
-                times[key] = statistics.median(samples)
-            for key in sessions:
-                ratios[key].append(times["teacher fp32"] / times[key])
-                medians[key].append(times[key] * 1e3)
+        medians = interleaved_latency(files, "onnxruntime", {n: ev[n][:1] for n in names}, args.threads, args.rounds)
+        ratios = {k: [t / m for t, m in zip(medians["teacher fp32"], v)] for k, v in medians.items()}
     base = next(r for r in rows if r["model"] == "teacher fp32")
     params = {"teacher": record["teacher_parameters"], "student": record["student_parameters"]}
     for row in rows:
@@ -117,7 +93,7 @@ def main() -> None:
             f"this host. Before training (the teacher's layers alone) it had cosine {init['cosine_mean']:.4f} / "
             f"{init['cosine_min']:.4f} and retrieval agreement {init['retrieval_agreement']:.1%}. Figures on the 200 "
             f"eval sentences (sequence length 64, batch 1); the teacher's rows are its own exports against itself in "
-            f"PyTorch. Latency: ONNX Runtime CPU, {args.threads} thread(s), median of {args.runs} calls, {args.rounds} "
+            f"PyTorch. Latency: ONNX Runtime CPU, {args.threads} thread(s), the runner's timing, {args.rounds} "
             f"alternating rounds on this {os.cpu_count()}-CPU host (speed: median of the per-round ratios, range in "
             f"brackets). The word-embedding table (30522 × 384, 11.7M parameters) is shared by both and is most of "
             f"the student's size. Command: `.venv/bin/python benchmarks/embedding_distill.py`.")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from _results import write_results
+from _timing import interleaved_latency
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [("executorch", "xnnpack"), ("onnx", "cpu"), ("tflite", "xnnpack")]
@@ -64,21 +65,6 @@ def mobilenet():
 
 
 MODELS = {"digits": digits, "mobilenet-v2": mobilenet}
-
-
-def interleaved_latency(paths: dict[str, Path], runtime: str, x: np.ndarray, threads: int,
-                        rounds: int) -> dict[str, list[float]]:
-    """Per-round median latency (ms) of each artifact, timed in alternating order."""
-    from edgekit_runner import evaluate, runtimes
-
-    models = {k: runtimes.load(p, runtime, threads=threads) for k, p in paths.items()}
-    probe = max(evaluate.time_model(m, x, runs=5, warmup=3)["median"] for m in models.values())
-    runs = max(10, min(2000, int(250 / max(probe, 1e-3))))
-    medians: dict[str, list[float]] = {k: [] for k in models}
-    for r in range(rounds):
-        for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
-            medians[k].append(evaluate.time_model(models[k], x, runs=runs, warmup=3)["median"])
-    return medians
 
 
 def measure(name: str, fmt: str, backend: str, model, calib, ev, labels, work: Path, threads: int,

@@ -37,8 +37,9 @@ def weights_path(name: str) -> Path:
     config, settings = RECIPES[name]
     key = json.dumps({"config": config.to_dict(), "settings": settings, "seq_len": SEQ_LEN,
                       "tokenizer": hashlib.sha256(data.TOKENIZER.read_bytes()).hexdigest()}, sort_keys=True)
-    root = Path(os.environ.get("EDGEKIT_CACHE") or Path.home() / ".cache" / "edgekit")
-    return root / "tiny_lm" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    from edgekit.hf import cache_dir
+
+    return cache_dir() / "tiny_lm" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
 
 def next_token_loss(model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
