@@ -197,7 +197,7 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
               help="Accuracy budget for quantized builds, in points below fp32  [default: the profile's]")
 @click.option("--distill/--no-distill", default=True, show_default=True,
-              help="When the project declares a [teacher]: train a fresh student from it with the [distill] "
+              help="When the project declares a [teacher]: train a student from it with the [distill] "
                    "settings and ship that student (with --quant int8-qat, QAT also learns from the teacher).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Bundle folder  [default: build/<device>]")
