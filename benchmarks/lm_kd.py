@@ -56,7 +56,7 @@ def main() -> None:
                                                              f"α={args.alpha:g})")):
         mean, sd, lo, hi = summary[method]
         table.append(f"| {label} | {mean:.2f} ± {sd:.2f} | {lo:.2f}–{hi:.2f} | {len(args.seeds)} |")
-    note = (f"\n\nStudent: {lm.STUDENT.dim} wide, {lm.STUDENT.n_layers} layers; {settings['epochs']} epochs, lr "
+    note = (f"\n\nStudent: {lm.STUDENT.hidden_size} wide, {lm.STUDENT.num_hidden_layers} layers; {settings['epochs']} epochs, lr "
             f"{settings['lr']:g}, batch {settings['batch_size']} windows of {train.SEQ_LEN} tokens; the same recipe "
             f"with and without the teacher. KD is edgekit's Hinton loss per token (T² KL to the teacher's "
             f"next-token distribution, weight α, plus (1−α) cross-entropy). Worst KD seed vs best seed alone: "

@@ -26,7 +26,9 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import data  # noqa: E402
-from model import STUDENT, TEACHER, LMConfig, TinyLM  # noqa: E402
+from model import STUDENT, TEACHER  # noqa: E402
+
+from edgekit.lm.model import Decoder, DecoderConfig  # noqa: E402
 
 SEQ_LEN = 128
 RECIPES = {"teacher": (TEACHER, {"epochs": 8, "lr": 3e-3, "batch_size": 16, "seed": 0}),
@@ -63,16 +65,16 @@ def perplexity(model: torch.nn.Module, windows: np.ndarray, batch: int = 32) -> 
     return math.exp(total / count)
 
 
-def train(config: LMConfig, splits: dict[str, dict[str, np.ndarray]], epochs: int, lr: float, batch_size: int,
+def train(config: DecoderConfig, splits: dict[str, dict[str, np.ndarray]], epochs: int, lr: float, batch_size: int,
           seed: int, say=print, teacher: torch.nn.Module | None = None, temperature: float = 2.0,
-          alpha: float = 0.5) -> tuple[TinyLM, dict]:
+          alpha: float = 0.5) -> tuple[Decoder, dict]:
     """AdamW + cosine (edgekit's training loop); the best epoch by calib perplexity. With ``teacher``: token-level
     Hinton KD (edgekit's loss, per token) against its next-token distributions."""
     from edgekit.distill.losses import HintonKD
     from edgekit.distill.trainer import TrainConfig, fit
 
     torch.manual_seed(seed)
-    model = TinyLM(config)
+    model = Decoder(config)
     x = torch.from_numpy(splits["train"]["tokens"])
     kd = HintonKD(temperature, alpha) if teacher is not None else None
 

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from edgekit.lm.model import Decoder, DecoderConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 FOLDER = ROOT / "examples" / "tiny_lm"
 NAMES = ("data", "model", "train")  # the example's modules import each other by these plain names
@@ -26,8 +28,9 @@ def tiny_lm_modules():
     try:
         modules = [importlib.import_module(n) for n in NAMES]
         globals().update(data=modules[0], lm=modules[1], train=modules[2])
-        globals()["TINY"] = modules[1].LMConfig(vocab_size=modules[0].VOCAB_SIZE, dim=32, n_layers=2, n_heads=4,
-                                                n_kv_heads=2, hidden_dim=64, max_seq_len=64)
+        globals()["TINY"] = DecoderConfig(vocab_size=modules[0].VOCAB_SIZE, hidden_size=32, num_hidden_layers=2,
+                                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                          max_position_embeddings=64)
         yield
     finally:
         sys.path.remove(str(FOLDER))
@@ -55,8 +58,8 @@ def test_the_splits_are_fixed_and_disjoint():
 
 def test_the_decoder_is_causal_and_groups_its_queries():
     torch.manual_seed(0)
-    model = lm.TinyLM(TINY).eval()
-    assert model.layers[0].attn.k.out_features == TINY.n_kv_heads * TINY.head_dim  # 2 K/V heads for 4 query heads
+    model = Decoder(TINY).eval()
+    assert model.model.layers[0].self_attn.k_proj.out_features == TINY.num_key_value_heads * TINY.head_dim  # 2 K/V heads for 4 query heads
     x = torch.randint(1, TINY.vocab_size, (2, 16))
     y = x.clone()
     y[:, 10:] = (y[:, 10:] + 7) % TINY.vocab_size  # change the future
@@ -67,13 +70,13 @@ def test_the_decoder_is_causal_and_groups_its_queries():
     with pytest.raises(ValueError, match="65 tokens, more than the model's maximum context of 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="must split into 5 heads"):
-        lm.LMConfig(dim=32, n_heads=5)
+        DecoderConfig(hidden_size=32, num_attention_heads=5)
 
 
 def test_training_learns_the_text():
     splits = {k: {"tokens": v["tokens"][:160]} for k, v in data.load_splits(32).items()}
     torch.manual_seed(0)
-    before = train.perplexity(lm.TinyLM(TINY), splits["eval"]["tokens"])
+    before = train.perplexity(Decoder(TINY), splits["eval"]["tokens"])
     model, report = train.train(TINY, splits, epochs=2, lr=1e-2, batch_size=16, seed=0, say=lambda _: None)
     assert before > 1500  # about the vocabulary size (2048): no idea yet
     assert report["eval_perplexity"] < before / 2, report  # 20 steps of a 84k-parameter model: ~750 here
@@ -81,7 +84,7 @@ def test_training_learns_the_text():
 
 def test_a_model_that_was_never_trained_says_how_to_train_it(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"run `python examples/tiny_lm/train.py` once"):
+    with pytest.raises(FileNotFoundError, match=r"run `make tiny-lm` once"):
         lm.teacher()
 
 
@@ -99,7 +102,7 @@ def test_token_level_kd_pulls_the_student_towards_the_teacher():
                                               reduction="batchmean").item()
 
     torch.manual_seed(2)
-    before = kl_to_teacher(lm.TinyLM(TINY))
+    before = kl_to_teacher(Decoder(TINY))
     student, _ = train.train(TINY, splits, epochs=2, lr=1e-2, batch_size=16, seed=2, say=lambda _: None,
                              teacher=teacher, alpha=1.0)
     assert kl_to_teacher(student) < before / 2
