@@ -108,6 +108,7 @@ class Build:
     sensitivity: Any = None
     manifest: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    language_model: dict[str, Any] | None = None  # a language model's reference and settings (edgekit.lm.build)
 
     @property
     def input_names(self) -> list[str]:
@@ -279,7 +280,10 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
           on_stage: StageCallback = lambda stage, detail: None) -> BuildResult:
     """Run the plan's stages (``plan.stages``, each a function in :data:`STAGES`) and write the bundle to
     ``out`` atomically. Raises EdgekitError subclasses."""
-    unknown = [s for s in plan.stages if s not in STAGES]
+    stages = STAGES
+    if plan.task == "language-model":  # the same stages, done the language-model way
+        from edgekit.lm.build import STAGES as stages
+    unknown = [s for s in plan.stages if s not in stages]
     if unknown:
         raise ProjectError(f"the plan has stage {unknown[0]!r}, which this edgekit does not know")
     timings: dict[str, float] = {}
@@ -302,7 +306,7 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
             tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}{os.getpid()}-") as work:
         b = Build(profile, project, plan, out, Path(work), writer.staging, say)
         for name in plan.stages:
-            STAGES[name](b)
+            stages[name](b)
         say("done", "")
         b.manifest["timings_s"] = timings
         from edgekit.bundle_readme import write_readme

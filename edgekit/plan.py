@@ -107,6 +107,8 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
     ``keep_float`` (mixed only) names the layers to keep in float instead of searching for them;
     ``max_accuracy_drop`` overrides the profile's budget (points) for quantized builds. ``task``: what
     needs labels (QAT, mixed precision's sensitivity, the KD stage) is offered to classifiers only."""
+    if task == "language-model":
+        return _language_model_plan(profile, fmt, backend, quant, distill)
     quant = resolve_quant(profile, quant)
     if task != "classification" and quant in CLASSIFIER_ONLY:
         raise PlanError(f"--quant {quant} trains or measures against class labels; a {task} project can use "
@@ -185,3 +187,34 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
                 *((*(("analyze",) if quant == "mixed" else ()), "quantize" if quant != "int8-qat" else "qat",
                    "validate") if scheme else ()), "bundle"),
     )
+
+
+def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str | None, quant: str,
+                         distill: bool) -> Plan:
+    """A language model: exported with its KV cache (edgekit.lm) in fp32, on a CPU path of the profile."""
+    from edgekit.lm.build import FORMATS
+
+    if quant not in ("none", "auto"):
+        raise PlanError(f"--quant {quant} is not built for language models yet; build with --quant none")
+    if distill:
+        raise PlanError("the distill stage does not train language models yet; distil with examples/tiny_lm/train.py "
+                        "(token-level KD) and build the result with --no-distill")
+    options = [(f, b) for f, b, _ in valid_paths(profile) if b in FORMATS.get(f, ())]
+    chosen = [(f, b) for f, b in options if (fmt is None or f == fmt) and (backend is None or b == backend)]
+    default = (profile.default.format, profile.default.backend)
+    if not chosen:
+        listed = ", ".join(f"{f}/{b}" for f, b in options) or "none"
+        raise PlanError(f"a language model builds for {', '.join(f'{f}/{b[0]}' for f, b in FORMATS.items())}; on "
+                        f"{profile.id} that leaves: {listed}" + (f" (not {fmt or '*'}/{backend or '*'})"
+                                                                 if fmt or backend else ""))
+    fmt, backend = default if default in chosen else chosen[0]
+    cu, _ = profile.find_path(fmt, backend)
+    spec = EXPORTERS[fmt].backends[backend]
+    return Plan(
+        device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend,
+        backend_description=spec.description, runtime=EXPORTERS[fmt].runtime, runtime_target=spec.runtime_target,
+        precision="fp32", quant="none", quant_scheme=None, profile_default_quant=profile.default.quant,
+        validation="target-runtime", host_twin="", atol=None, max_accuracy_drop=None, distill=False,
+        task="language-model", notes=("language model: exported with its KV cache; validated on logits along "
+                                      "PyTorch's greedy continuation, the continuation itself and perplexity",),
+        stages=("load", "export", "validate", "bundle"))

@@ -103,11 +103,13 @@ class DataSpec(_Frozen):
 class TaskSpec(_Frozen):
     """The task (:mod:`edgekit_runner.tasks`) and its settings; a threshold left out takes the task's default."""
 
-    kind: Literal["classification", "embedding"]
+    kind: Literal["classification", "embedding", "language-model"]
     metric: str | None = None  # the task's headline metric (accuracy; retrieval_agreement)
     min_cosine_mean: float | None = Field(default=None, ge=0, le=1)  # embedding
     min_cosine: float | None = Field(default=None, ge=0, le=1)  # embedding
     min_retrieval_agreement: float | None = Field(default=None, ge=0, le=1)  # embedding
+    min_greedy_agreement: float | None = Field(default=None, ge=0, le=1)  # language-model
+    max_perplexity_increase: float | None = Field(default=None, ge=0)  # language-model, a fraction
 
     @model_validator(mode="after")
     def _metric_is_the_tasks(self) -> TaskSpec:
@@ -136,6 +138,22 @@ class InputSpec(_Frozen):
     dtype: DTYPES = "float32"
 
 
+class LanguageModelSpec(_Frozen):
+    """How a language model is exported, checked and measured (``[language_model]``)."""
+
+    prompt: str = Field(min_length=1, description="the text whose greedy continuation is checked and timed")
+    tokenizer: str | None = Field(default=None, description="tokenizer.json of the model (default: the hf "
+                                                            "folder's)")
+    max_context: int | None = Field(default=None, ge=2, le=1 << 20,
+                                    description="the exported KV cache's length (default: the model's, at most "
+                                                "512)")
+    prefill: int = Field(default=32, ge=1, description="LiteRT's prefill signature length (tokens per call)")
+    new_tokens: int = Field(default=32, ge=1, le=4096, description="greedy tokens checked against PyTorch")
+    eval_windows: int = Field(default=64, ge=1, description="eval windows scored for perplexity (at most)")
+    prefill_lengths: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        default=(16, 64, 128), min_length=1, description="prompt lengths the runner times prefill at")
+
+
 class ProjectSpec(_Frozen):
     schema_version: Literal[1] = 1
     name: str
@@ -146,6 +164,7 @@ class ProjectSpec(_Frozen):
     distill: DistillSpec | None = None  # settings of the distill stage; defaults apply when absent
     data: DataSpec
     inputs: tuple[InputSpec, ...] = Field(min_length=1, max_length=16)
+    language_model: LanguageModelSpec | None = None
     outputs: tuple[Annotated[str, Field(pattern=TENSOR_NAME)], ...] = ("output",)
     root: Path = Path(".")
     file: Path = Path(PROJECT_FILE)
@@ -163,6 +182,17 @@ class ProjectSpec(_Frozen):
     def _batches_agree(self) -> ProjectSpec:
         if len({i.shape[0] for i in self.inputs}) > 1:
             raise ValueError("every [[inputs]] must have the same batch size (the first dimension)")
+        return self
+
+    @model_validator(mode="after")
+    def _language_model_contract(self) -> ProjectSpec:
+        if (self.task.kind == "language-model") != (self.language_model is not None):
+            raise ValueError("[language_model] (with prompt = \"...\") goes with [task] kind = \"language-model\", "
+                             "and only with it")
+        if self.language_model is not None and (len(self.inputs) != 1 or len(self.inputs[0].shape) != 2
+                                                or self.inputs[0].dtype != "int64"):
+            raise ValueError("a language model has one input: token windows, shape = [1, LENGTH + 1], dtype = "
+                             "\"int64\" (each window is read and scored on predicting its next tokens)")
         return self
 
     @model_validator(mode="after")
@@ -454,6 +484,14 @@ def load_model(project: ProjectSpec, spec: ModelSpec | None = None, what: str = 
     import torch
 
     spec = spec or project.model
+    if project.task.kind == "language-model":
+        from edgekit.lm.model import as_decoder, load_folder
+
+        if spec.hf is not None:
+            from edgekit import hf
+
+            return load_folder(hf.resolve(project.root, spec.hf))
+        return as_decoder(call_entry(project, spec.entry, what), f"{what} entry {spec.entry!r}")
     if spec.hf is not None:
         from edgekit import hf
 

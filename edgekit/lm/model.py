@@ -264,3 +264,19 @@ def save_folder(model: Decoder, folder: str | Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_file(model.hf_state_dict(), str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(model.config.to_hf(), indent=2) + "\n")
+
+
+def as_decoder(model: object, what: str) -> Decoder:
+    """``model`` as edgekit's :class:`Decoder`: itself, or a transformers ``LlamaForCausalLM`` (its config and
+    weights, copied); anything else is refused by name."""
+    if isinstance(model, Decoder):
+        return model.eval()
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "state_dict"):
+        raise ProjectError(f"{what} returned {type(model).__name__}; a language model is edgekit.lm.Decoder or a "
+                           f"transformers model of architecture {' / '.join(SUPPORTED_ARCHITECTURES)}")
+    hf = config.to_dict()
+    hf.setdefault("architectures", [type(model).__name__])
+    decoder = Decoder(DecoderConfig.from_hf(hf, what))
+    decoder.load_hf_state_dict(dict(model.state_dict()), what)
+    return decoder.eval()

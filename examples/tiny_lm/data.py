@@ -67,3 +67,8 @@ def windows(stream: np.ndarray, length: int) -> np.ndarray:
 def load_splits(length: int = 128) -> dict[str, dict[str, np.ndarray]]:
     """The splits as ``tokens`` windows ``[N, length + 1]`` (the model reads ``[:, :-1]``, predicts ``[:, 1:]``)."""
     return {name: {"tokens": windows(token_stream(texts), length)} for name, texts in paragraphs().items()}
+
+
+def load_eval_splits() -> dict[str, dict[str, np.ndarray]]:
+    """The splits as edgekit.toml's data entry declares them: windows of 128 tokens and their next ones."""
+    return load_splits(128)

@@ -152,6 +152,10 @@ def run_bundle(bundle: Path, settings: measure.Settings | None = None, threads: 
     probe = MemoryProbe()
     probe.file_size("model_file_bytes", bundle / model_info["file"])
     probe.rss("baseline_rss_mb")
+    if manifest.task == "language-model":
+        _run_language_model(report, probe, bundle, manifest, data, settings or measure.Settings(), threads, accuracy)
+        report.memory = probe.result()
+        return report
     model = _load_and_time(report, probe, bundle / model_info["file"], model_info, inputs,
                            settings or measure.Settings(), threads)
     report.memory = probe.result()
@@ -163,6 +167,27 @@ def run_bundle(bundle: Path, settings: measure.Settings | None = None, threads: 
         except Exception as e:  # noqa: BLE001 -- any runtime error on the model is recorded, not raised
             _failed(report, e, model_info["runtime"])
     return report
+
+
+def _run_language_model(report: RunReport, probe: MemoryProbe, bundle: Path, manifest: Manifest,
+                        data: dict[str, np.ndarray], settings: measure.Settings, threads: int | None,
+                        accuracy: bool) -> None:
+    """A language-model bundle: decoding with its KV cache (:func:`edgekit_runner.lm.measure_bundle`)."""
+    from edgekit_runner import lm
+
+    runtime = manifest.data["model"]["runtime"]
+    try:
+        t0 = time.perf_counter_ns()
+        runtimes.import_runtime(runtime)
+        report.timing["import_ms"] = (time.perf_counter_ns() - t0) / 1e6
+    except ImportError as e:
+        report.error = f"runtime {runtime!r} is not installed on this device: {e}"
+        return
+    probe.rss("after_import_rss_mb")
+    try:
+        lm.measure_bundle(report, probe, bundle / manifest.model_file, manifest, data, settings, threads, accuracy)
+    except Exception as e:  # noqa: BLE001 -- any runtime error on the model is recorded, not raised
+        _failed(report, e, runtime)
 
 
 def _load_and_time(report: RunReport, probe: MemoryProbe, model_path: Path, model_info: dict[str, Any],

@@ -184,3 +184,61 @@ def perplexity(session: Session, windows: np.ndarray) -> dict[str, float]:
         total -= float(lp[np.arange(len(w) - 1), w[1:]].sum())
         count += len(w) - 1
     return {"perplexity": float(np.exp(total / count)), "tokens": count, "windows": len(windows)}
+
+
+def measure_bundle(report: Any, probe: Any, model_path: Path, manifest: Any, data: dict[str, np.ndarray],
+                   settings: Any, threads: int | None, accuracy: bool) -> None:
+    """The language-model half of ``run_bundle``: load the session, time prefill at several prompt lengths,
+    time to first token and decode over greedy generations of the bundle's prompt, the memory peak of those
+    runs, and (``accuracy``) perplexity on the eval windows and greedy agreement with PyTorch's continuation.
+    Fills ``report`` (status OK once timing succeeded); a runtime failure propagates to the caller."""
+    from edgekit_runner import measure
+    from edgekit_runner.report import OK
+    from edgekit_runner.tasks import get_task
+
+    model_info, spec = manifest.data["model"], manifest.data["language_model"]
+    probe.reset_peak()
+    t0 = time.perf_counter_ns()
+    session = open_session(model_path, model_info["runtime"], spec["cache"], threads, model_info.get("runtime_target"))
+    report.timing["load_ms"] = (time.perf_counter_ns() - t0) / 1e6
+    probe.peak("peak_rss_load_mb")
+    report.runtime, report.fallback = session.info, session.info.get("fallback")
+    prompt = [int(t) for t in data["prompt"].reshape(-1)]
+    new_tokens = int(data["greedy_reference"].size)
+    text = data["input.tokens"][0]
+    light = measure.Settings(warmup_runs=1, warmup_seconds=0.0, min_runs=max(3, settings.min_runs // 10),
+                             min_seconds=settings.min_seconds, max_seconds=settings.max_seconds)
+
+    def prefill(tokens: list[int]) -> None:
+        session.reset()
+        session.feed(tokens)
+
+    probe.reset_peak()
+    prefill_stats = {}
+    for n in spec["prefill_lengths"]:
+        tokens = [int(t) for t in text[:n]]
+        _, stats = measure.measure(lambda: prefill(tokens), light)
+        prefill_stats[str(n)] = {"p50_ms": stats["p50"], "tokens_per_s": n / stats["p50"] * 1e3, "runs": stats["n"]}
+    ttft_timing, ttft = measure.measure(lambda: generate(session, prompt, 1), light)
+    per_token: list[float] = []
+    generate(session, prompt, new_tokens, stop_at_eos=False)  # warm-up
+    rounds = measure.repeat(lambda: per_token.extend(generate(session, prompt, new_tokens, stop_at_eos=False).decode_ms),
+                            3, settings.min_seconds, settings.max_seconds)
+    probe.peak("peak_rss_run_mb")
+    probe.rss("rss_after_runs_mb")
+    decode = measure.latency_stats(np.asarray(per_token) * 1e6)
+    report.latency_ms = {**decode, "per": "decoded token"}
+    report.timing.update(ttft_timing, timed_call="language model: prefill (prompt lengths), time to first token "
+                         "(fresh cache, prompt, argmax), decode (one token per call, greedy, cache kept)",
+                         generation_rounds=len(rounds.samples_ns), tokens_per_round=new_tokens, prompt_tokens=len(prompt))
+    report.metrics = {"time_to_first_token_ms": ttft["p50"], "decode_tokens_per_s": 1e3 / decode["p50"],
+                      "prefill": prefill_stats, "prompt_tokens": len(prompt)}
+    report.status = OK
+    if accuracy:
+        windows = data["input.tokens"]
+        ppl = perplexity(session, windows)
+        greedy = generate(session, prompt, new_tokens, stop_at_eos=False).tokens
+        arrays = {k: data[k] for k in ("greedy_reference", "reference_perplexity") if k in data}
+        scored = get_task(manifest.task).score({"greedy": np.asarray(greedy), "perplexity": np.asarray(ppl["perplexity"])},
+                                               arrays, None)
+        report.metrics.update(scored, eval_tokens=ppl["tokens"], eval_windows=ppl["windows"])

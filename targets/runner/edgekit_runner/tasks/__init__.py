@@ -15,8 +15,9 @@ from __future__ import annotations
 from edgekit_runner.tasks.base import Task
 from edgekit_runner.tasks.classification import CLASSIFICATION
 from edgekit_runner.tasks.embedding import EMBEDDING
+from edgekit_runner.tasks.language_model import LANGUAGE_MODEL
 
-TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, EMBEDDING)}
+TASKS: dict[str, Task] = {t.name: t for t in (CLASSIFICATION, EMBEDDING, LANGUAGE_MODEL)}
 
 
 def get_task(name: str) -> Task:

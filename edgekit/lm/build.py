@@ -1,0 +1,214 @@
+"""The build stages of a ``language-model`` project: load -> export -> validate -> bundle.
+
+The same :class:`edgekit.pipeline.Build` record and stage names as every build; what differs is what a
+stage does. The reference is not the model's outputs on the eval split (a vocabulary of logits per token
+does not fit a bundle) but what a language model is judged by: PyTorch's greedy continuation of the
+project's prompt and its perplexity on the eval windows. The export (:mod:`edgekit.lm.export`, with the
+format's KV cache) is validated in its runtime through the runner's own decoding session
+(:mod:`edgekit_runner.lm`): its logits for the prompt and then token by token along PyTorch's continuation
+must match PyTorch's, its greedy continuation must be the same tokens, and its perplexity the same.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.errors import ExportError, ProjectError, ValidationFailed
+from edgekit.export import EXPORTERS
+from edgekit.export.base import ExportResult, subdir
+from edgekit.validate import OutputComparison, ValidationResult
+
+RELATIVE_TOLERANCE = 1e-4  # fp32: max |logit error| <= this x max(1, max |logit|) over the checked positions
+DEFAULT_MAX_CONTEXT = 512
+FORMATS = {"executorch": ("xnnpack",), "onnx": ("cpu",), "tflite": ("xnnpack",)}  # what edgekit.lm.export builds
+
+
+def settings(b: Any) -> Any:
+    return b.project.language_model
+
+
+def load_tokenizer(b: Any) -> tuple[Any, Path]:
+    """The project's tokenizer ([language_model] tokenizer, else the hf folder's), checked against the model's
+    vocabulary."""
+    from tokenizers import Tokenizer
+
+    from edgekit import hf
+
+    spec = settings(b)
+    if spec.tokenizer is not None:
+        path = (b.project.root / spec.tokenizer).resolve()
+    elif b.project.model.hf is not None:
+        path = hf.resolve(b.project.root, b.project.model.hf) / hf.TOKENIZER
+    else:
+        raise ProjectError("[language_model] needs tokenizer = \"tokenizer.json\" when the model is an entry point")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for a bad file
+        raise ProjectError(f"tokenizer {path}: cannot be read ({str(e).splitlines()[0] if str(e) else e})") from None
+    vocab = b.model.config.vocab_size
+    if tok.get_vocab_size() > vocab:
+        raise ProjectError(f"tokenizer {path} has {tok.get_vocab_size()} tokens, more than the model's vocabulary "
+                           f"of {vocab}: it is not this model's tokenizer")
+    return tok, path
+
+
+def load_stage(b: Any) -> None:
+    """Data windows, the model (as edgekit's decoder), the tokenized prompt, PyTorch's greedy continuation and
+    perplexity."""
+    import torch
+
+    from edgekit.project import load_data, load_model
+
+    spec = settings(b)
+    b.say("load", f"data and language model of project {b.project.name!r}")
+    torch.manual_seed(b.project.seed)
+    b.splits = load_data(b.project)
+    b.model = load_model(b.project)
+    c = b.model.config
+    max_context = spec.max_context or min(c.max_position_embeddings, DEFAULT_MAX_CONTEXT)
+    if max_context > c.max_position_embeddings:
+        raise ProjectError(f"[language_model] max_context = {max_context} is more than the model's "
+                           f"max_position_embeddings ({c.max_position_embeddings})")
+    window = b.project.inputs[0].shape[1]
+    if window > max_context:
+        raise ProjectError(f"eval windows of {window} tokens do not fit max_context = {max_context}; declare a "
+                           "shorter [[inputs]] shape or a longer max_context")
+    tok, tok_path = load_tokenizer(b)
+    prompt = tok.encode(spec.prompt).ids
+    if len(prompt) + spec.new_tokens > max_context:
+        raise ProjectError(f"the prompt ({len(prompt)} tokens) and new_tokens = {spec.new_tokens} do not fit "
+                           f"max_context = {max_context}; shorten the prompt or raise max_context")
+    windows = b.splits["eval"].x[: spec.eval_windows]
+    b.say("load", f"PyTorch reference: greedy continuation ({spec.new_tokens} tokens), perplexity on "
+                  f"{len(windows)} eval windows")
+    greedy = reference_greedy(b.model, prompt, spec.new_tokens)
+    b.language_model = {
+        "max_context": max_context, "prompt": spec.prompt, "prompt_ids": prompt, "greedy": greedy,
+        "windows": windows, "tokenizer_path": tok_path,
+        "reference_perplexity": reference_perplexity(b.model, windows),
+        "prefill_lengths": sorted({min(n, window - 1, max_context - 1) for n in spec.prefill_lengths}),
+    }
+    b.reference = [np.asarray([greedy], np.int64)]
+
+
+def reference_greedy(model: Any, prompt: list[int], n: int) -> list[int]:
+    """PyTorch's greedy continuation (the full causal forward each step: no cache involved)."""
+    import torch
+
+    seq = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+def reference_perplexity(model: Any, windows: np.ndarray) -> float:
+    import torch
+    from torch.nn import functional as F
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(windows), 16):
+            w = torch.from_numpy(windows[i:i + 16])
+            logits = model(w[:, :-1]).double()
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
+                                     reduction="sum").item()
+            count += w[:, 1:].numel()
+    return float(np.exp(total / count))
+
+
+def export_stage(b: Any) -> None:
+    from edgekit.lm.export import EXPORTS
+
+    lm = b.language_model
+    b.say("export", f"{b.plan.format}/{b.plan.backend} fp32 with a KV cache of {lm['max_context']} positions")
+    path = subdir(b.work, "fp32") / f"model{EXPORTERS[b.plan.format].extension}"
+    extra = (min(settings(b).prefill, lm["max_context"]),) if b.plan.format == "tflite" else ()
+    if b.plan.format not in FORMATS or b.plan.backend not in FORMATS[b.plan.format]:
+        raise ExportError(f"{b.plan.format}/{b.plan.backend} cannot export a language model")
+    details = EXPORTS[b.plan.format](b.model, path, lm["max_context"], *extra)
+    b.fp32 = ExportResult(path, details={"language_model": details})
+
+
+def validate_stage(b: Any) -> None:
+    """Logits along PyTorch's continuation, greedy tokens and perplexity, in the target runtime; a failure
+    stops the build (ValidationFailed)."""
+    import torch
+    from edgekit_runner import lm as runner_lm
+    from edgekit_runner.measure import latency_stats
+    from edgekit_runner.tasks import get_task
+
+    lm, plan = b.language_model, b.plan
+    b.say("validate", "fp32 against PyTorch in the target runtime: logits, greedy tokens, perplexity")
+    cache = b.fp32.details["language_model"]["cache"]
+    session = runner_lm.open_session(b.fp32.model_path, plan.runtime, cache, target=plan.runtime_target)
+    prompt, greedy = lm["prompt_ids"], lm["greedy"]
+    seq = prompt + greedy
+    with torch.no_grad():
+        ref = b.model(torch.tensor([seq[:-1]]))[0].numpy()
+    session.reset()
+    got = np.concatenate([session.feed(prompt)] + [session.feed([t]) for t in greedy[:-1]])
+    err = np.abs(got.astype(np.float64) - ref)
+    atol = RELATIVE_TOLERANCE * max(1.0, float(np.abs(ref).max()))
+    generation = runner_lm.generate(session, prompt, len(greedy), stop_at_eos=False)
+    b.say("validate", f"perplexity through the export on {len(lm['windows'])} eval windows")
+    ppl = runner_lm.perplexity(session, lm["windows"])
+    kind = get_task("language-model")
+    metrics = kind.score({"greedy": np.asarray(generation.tokens), "perplexity": np.asarray(ppl["perplexity"])},
+                         {"greedy_reference": np.asarray(greedy), "reference_perplexity": lm["reference_perplexity"]},
+                         None)
+    metrics.update(max_abs_logit_error=float(err.max()), logit_tolerance=atol, eval_tokens=ppl["tokens"],
+                   time_to_first_token_ms=generation.time_to_first_token_ms)
+    judgement = kind.judge(metrics, b.project.task.options(), quantized=False)
+    decode = latency_stats(np.asarray(generation.decode_ms) * 1e6)
+    v = ValidationResult(
+        where="target-runtime", runtime=session.info, artifact=b.fp32.model_path.name, n_samples=len(seq) - 1,
+        atol=atol, outputs=[OutputComparison("logits", float(err.max()), float(err.mean()), list(ref.shape))],
+        top1_agreement=None, metric=kind.metric, value=metrics["greedy_agreement"], reference_value=1.0,
+        host_latency_ms={**decode, "batch": 1, "per": "decoded token"}, metrics=metrics,
+        task_failure=judgement.reason)
+    v.raise_if_failed()
+    b.validation = b.fp32_validation = v
+
+
+def bundle_stage(b: Any) -> None:
+    """Model, eval set (windows, prompt, PyTorch's continuation and perplexity), tokenizer, runner, manifest."""
+    from edgekit_runner.manifest import INPUT, MethodSpec, TensorSpec
+
+    from edgekit import pipeline
+
+    lm, staging = b.language_model, b.staging
+    b.say("bundle", str(b.out))
+    model_file = f"model{EXPORTERS[b.plan.format].extension}"
+    shutil.copy2(b.fp32.model_path, staging / model_file)
+    arrays = {INPUT + "tokens": lm["windows"], "prompt": np.asarray([lm["prompt_ids"]], np.int64),
+              "greedy_reference": np.asarray([lm["greedy"]], np.int64),
+              "reference_perplexity": np.asarray(lm["reference_perplexity"], np.float64)}
+    np.savez(staging / "eval.npz", **arrays)
+    shutil.copy2(lm["tokenizer_path"], staging / "tokenizer.json")
+    pipeline._copy_runner(staging / "edgekit_runner")
+    c, export = b.model.config, b.fp32.details["language_model"]
+    method = MethodSpec("forward", (TensorSpec("tokens", "int64", (1, "tokens")),),
+                        (TensorSpec("logits", "float32", (1, "tokens", c.vocab_size)),),
+                        {"tokens": (1, lm["max_context"])})
+    manifest = pipeline._manifest(b.profile, b.project, b.plan, staging / model_file, ["logits"],
+                                  [np.zeros((1, 1, c.vocab_size), np.float32)], arrays, b.fp32, b.validation, None,
+                                  b.warnings, b.distilled, None)
+    manifest["methods"] = [method.to_dict()]
+    manifest["eval"] = {"file": "eval.npz", "n_samples": len(lm["windows"]),
+                        "arrays": {k: list(a.shape) for k, a in arrays.items()}}
+    manifest["tokenizer"] = {"file": "tokenizer.json", "kind": "huggingface-tokenizers",
+                             "vocab_size": c.vocab_size, "eos_ids": c.eos_ids}
+    manifest["language_model"] = {
+        "architecture": "llama", "config": c.to_dict(), "parameters": sum(p.numel() for p in b.model.parameters()),
+        "max_context": lm["max_context"], "prompt": lm["prompt"], "new_tokens": len(lm["greedy"]),
+        "prefill_lengths": lm["prefill_lengths"], "reference_perplexity": lm["reference_perplexity"],
+        "cache": export["cache"], "export": {k: v for k, v in export.items() if k != "cache"}}
+    b.manifest = manifest
+
+
+STAGES = {"load": load_stage, "export": export_stage, "validate": validate_stage, "bundle": bundle_stage}
