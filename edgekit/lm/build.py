@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ExportError, ProjectError, ValidationFailed
+from edgekit.errors import ExportError, ProjectError
 from edgekit.export import EXPORTERS
 from edgekit.export.base import ExportResult, subdir
 from edgekit.validate import OutputComparison, ValidationResult

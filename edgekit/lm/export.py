@@ -13,7 +13,7 @@ import torch
 
 from edgekit.errors import ExportError
 from edgekit.fsutil import write_atomic
-from edgekit.lm.cache import ExecuTorchLM, LiteRtLM, OnnxLM, cache_shape, litert_names, onnx_names
+from edgekit.lm.cache import ExecuTorchLM, LiteRtLM, OnnxLM, cache_shape, onnx_names
 from edgekit.lm.model import Decoder
 
 
