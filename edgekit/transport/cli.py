@@ -121,9 +121,12 @@ def print_summary(con: Any, bundle: Path, outcome: RunOutcome) -> None:
         rows.append(("FALLBACK", f"[bold red]{escape(str(fallback))}[/]"))
     if lat:
         values = (lat.get("p50", lat.get("median")), lat.get("p90"), lat.get("p99"))
-        rows.append(("latency p50 / p90 / p99", " / ".join(map(_ms, values)) +
-                     f"  ({lat.get('n', lat.get('runs', '?'))} runs, batch {lat.get('batch', '?')})"))
-    if met:
+        per = f"per {lat['per']}, {lat.get('n', '?')} tokens" if "per" in lat else \
+            f"{lat.get('n', lat.get('runs', '?'))} runs, batch {lat.get('batch', '?')}"
+        rows.append(("latency p50 / p90 / p99", " / ".join(map(_ms, values)) + f"  ({per})"))
+    if met.get("task") == "language-model" or "decode_tokens_per_s" in met:
+        rows += language_model_rows(met)
+    elif met:
         rows += [(name, f"{met[key]:.2%}") for name, key in (("accuracy", "accuracy"),
                                                              ("top-1 agreement", "top1_agreement")) if key in met]
     peaks = [mem.get(k) for k in ("peak_rss_load_mb", "peak_rss_run_mb") if mem.get(k) is not None]
@@ -140,6 +143,20 @@ def print_summary(con: Any, bundle: Path, outcome: RunOutcome) -> None:
         con.print(f"  [yellow]warning[/]: {escape(w)}")
     if outcome.status == INFRA_ERROR and outcome.stderr_tail and outcome.stderr_tail not in (outcome.error or ""):
         con.print(f"[dim]{escape(outcome.stderr_tail)}[/]")
+
+
+def language_model_rows(met: dict[str, Any]) -> list[tuple[str, str]]:
+    """Decode speed, time to first token, prefill speed per prompt length, perplexity, greedy agreement."""
+    rows = [("decode", f"{met['decode_tokens_per_s']:.1f} tokens/s"),
+            ("time to first token", f"{_ms(met['time_to_first_token_ms'])} ({met['prompt_tokens']}-token prompt)"),
+            ("prefill", ", ".join(f"{p['tokens_per_s']:.0f} tokens/s at {n}"
+                                  for n, p in sorted(met.get("prefill", {}).items(), key=lambda kv: int(kv[0]))))]
+    if "perplexity" in met:
+        rows.append(("perplexity", f"{met['perplexity']:.3f} (PyTorch {met.get('reference_perplexity', float('nan')):.3f}"
+                                   f", {met.get('eval_tokens', '?')} tokens)"))
+    if "greedy_agreement" in met:
+        rows.append(("greedy agreement", f"{met['greedy_agreement']:.0%} of {len(met.get('greedy_tokens', []))} tokens"))
+    return rows
 
 
 def _ms(value: Any) -> str:
