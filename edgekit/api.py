@@ -78,6 +78,21 @@ def build(device: str, project: str | Path | None = None, *, quant: str = "auto"
     return Bundle.open(result.bundle)
 
 
+@dataclass(frozen=True)
+class Generated:
+    """What :meth:`Bundle.generate` produced: the continuation (``str()`` of it is the text) and how fast."""
+
+    text: str
+    tokens: list[int]
+    prompt_tokens: int
+    time_to_first_token_ms: float
+    decode_tokens_per_s: float | None  # None when only one token was generated
+    stopped_at_eos: bool
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass
 class Bundle:
     """A verified bundle: its folder and its typed manifest, and the model, loaded on first use."""
@@ -112,6 +127,8 @@ class Bundle:
         one-input model) in the bundle's runtime; the outputs by name."""
         from edgekit_runner import evaluate
 
+        if self.task == "language-model":
+            raise ValueError(f"{self.path} is a language model with a KV cache: use generate()")
         method = self.method()
         named = {method.inputs[0].name: inputs} if isinstance(inputs, np.ndarray) else dict(inputs)
         names = [t.name for t in method.inputs]
@@ -146,6 +163,52 @@ class Bundle:
         arrays = tokenize(self.path, list(texts), [t.name for t in method.inputs], length,
                           tokenizer_file=tok["file"])
         return next(iter(self.predict(arrays, threads).values()))
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 32, threads: int | None = None,
+                 stop_at_eos: bool = True) -> Generated:
+        """Greedy continuation of ``prompt`` (text, tokenized with the bundle's tokenizer, or token ids) by a
+        language-model bundle, through its KV cache in the bundle's runtime. ValueError (one line) for a prompt
+        that leaves no room within the bundle's maximum context.
+
+        >>> str(Bundle.open("build/tiny_lm").generate("The for statement", max_new_tokens=16))  # doctest: +SKIP
+        """
+        from edgekit_runner import lm
+
+        if self.task != "language-model":
+            raise ValueError(f"{self.path}: generate() needs a language-model bundle; this one's task is {self.task}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        tok = self._tokenizer()
+        ids = tok.encode(prompt).ids if isinstance(prompt, str) else [int(t) for t in prompt]
+        session = self._session(threads)
+        if ids and not (0 <= min(ids) and max(ids) < session.vocab_size):
+            raise ValueError(f"token ids must be in 0..{session.vocab_size - 1}")
+        out = lm.generate(session, ids, max_new_tokens, stop_at_eos)
+        per_token = sum(out.decode_ms) / len(out.decode_ms) if out.decode_ms else None
+        return Generated(tok.decode(out.tokens), out.tokens, len(ids), out.time_to_first_token_ms,
+                         1e3 / per_token if per_token else None, out.stopped_at_eos)
+
+    def _tokenizer(self) -> Any:
+        if "tokenizer" not in self._models:
+            from tokenizers import Tokenizer
+
+            tok = self.manifest.data.get("tokenizer") or {}
+            if not tok:
+                raise ValueError(f"{self.path} has no tokenizer; pass token ids instead of text")
+            self._models["tokenizer"] = Tokenizer.from_file(str(self.path / tok["file"]))
+        return self._models["tokenizer"]
+
+    def _session(self, threads: int | None) -> Any:
+        key = f"session threads={threads}"
+        if key not in self._models:
+            from edgekit_runner import lm, runtimes
+
+            runtimes.import_runtime(self.manifest.runtime)
+            model = self.manifest.data["model"]
+            self._models[key] = lm.open_session(self.path / self.manifest.model_file, self.manifest.runtime,
+                                                self.manifest.data["language_model"]["cache"], threads,
+                                                model.get("runtime_target"))
+        return self._models[key]
 
     def _model(self, threads: int | None) -> Any:
         key = f"threads={threads}"
