@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,121 @@ def runner_venv(kind: str) -> Path:
                        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
         stamp.touch()
     return python
+
+
+TINY_LM_TOML = """schema_version = 1
+name = "tiny-lm-test"
+outputs = ["logits"]
+
+[task]
+kind = "language-model"
+
+[model]
+entry = "model.py:tiny"
+
+[data]
+entry = "data.py:windows"
+
+[language_model]
+tokenizer = "tokenizer.json"
+prompt = "The for statement is used to iterate over the elements of a sequence"
+max_context = 128
+prefill = 16
+new_tokens = 32
+eval_windows = 16
+prefill_lengths = [8, 32, 64]
+
+[[inputs]]
+name = "tokens"
+shape = [1, 65]
+dtype = "int64"
+"""
+TINY_LM_MODEL = '''from pathlib import Path
+
+from safetensors.torch import load_file
+
+from edgekit.lm.model import Decoder, DecoderConfig
+
+CONFIG = DecoderConfig(vocab_size=2048, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128, eos_token_id=0)
+
+
+def tiny():
+    model = Decoder(CONFIG)
+    model.load_hf_state_dict(load_file(str(Path(__file__).with_name("weights.safetensors"))))
+    return model
+'''
+TINY_LM_DATA = '''import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent / "tiny_lm"))
+
+
+def windows():
+    import data  # examples/tiny_lm/data.py, copied beside this file
+
+    return {k: {"tokens": v["tokens"][:200]} for k, v in data.load_splits(64).items()}
+'''
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A language-model project: a 2-layer decoder of edgekit.lm (grouped-query attention, tied embeddings,
+    vocabulary 2,048) trained for 150 steps on examples/tiny_lm's text with its tokenizer: a real, if small,
+    language model (eval perplexity a few hundred), made in seconds."""
+    import importlib.util
+
+    import torch
+    from safetensors.torch import save_file
+    from torch.nn import functional as F
+
+    folder = tmp_path_factory.mktemp("tiny-lm-project")
+    shutil.copytree(ROOT / "examples" / "tiny_lm", folder / "tiny_lm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "examples" / "tiny_lm" / "tokenizer.json", folder / "tokenizer.json")
+    (folder / "edgekit.toml").write_text(TINY_LM_TOML)
+    (folder / "model.py").write_text(TINY_LM_MODEL)
+    (folder / "data.py").write_text(TINY_LM_DATA)
+    spec = importlib.util.spec_from_file_location("tiny_lm_test_model", folder / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data_spec = importlib.util.spec_from_file_location("tiny_lm_test_text", ROOT / "examples" / "tiny_lm" / "data.py")
+    text = importlib.util.module_from_spec(data_spec)
+    data_spec.loader.exec_module(text)
+    train = torch.from_numpy(text.load_splits(64)["train"]["tokens"])
+    from edgekit.lm.model import Decoder
+
+    torch.manual_seed(0)
+    model = Decoder(module.CONFIG)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        batch = train[torch.randint(len(train), (16,), generator=gen)]
+        logits = model(batch[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_file(model.hf_state_dict(), str(folder / "weights.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def lm_built(tiny_lm_project: Path, tmp_path_factory: pytest.TempPathFactory):
+    """lm_built(format) -> the tiny language model's fp32 bundle for pixel8 in that format, built once."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    cache: dict[str, Path] = {}
+    base = tmp_path_factory.mktemp("lm-bundles")
+
+    def build(fmt: str) -> Path:
+        if fmt not in cache:
+            out = base / fmt
+            result = CliRunner().invoke(cli, ["build", "--device", "pixel8", "--format", fmt, "--project",
+                                              str(tiny_lm_project), "--out", str(out)], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            cache[fmt] = out
+        return cache[fmt]
+
+    return build

@@ -62,7 +62,8 @@ class DecoderConfig:
 
     def to_hf(self) -> dict:
         """``config.json`` for transformers' ``LlamaForCausalLM``."""
-        return {**self.to_dict(), "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        return {**self.to_dict(), "rope_parameters": {"rope_theta": self.rope_theta, "rope_type": "default"},
+                "architectures": ["LlamaForCausalLM"], "model_type": "llama",
                 "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32"}
 
     @classmethod
@@ -72,6 +73,12 @@ class DecoderConfig:
         if arch[0] not in SUPPORTED_ARCHITECTURES:
             raise ProjectError(f"{where}: architecture {arch[0]} is not supported for language models; edgekit "
                               f"supports {', '.join(SUPPORTED_ARCHITECTURES)}")
+        rope = dict(config.get("rope_parameters") or {})  # transformers 5 keeps rope_theta here
+        if rope.get("rope_type", "default") != "default":
+            raise ProjectError(f"{where}: rope_type {rope['rope_type']!r} is not supported (edgekit's Llama has "
+                               "plain rotary positions, rope_type 'default')")
+        if "rope_theta" in rope:
+            config = {**config, "rope_theta": rope["rope_theta"]}
         for key in ("rope_scaling", "attention_bias", "mlp_bias"):
             if config.get(key):
                 raise ProjectError(f"{where}: {key} = {config[key]!r} is not supported by edgekit's Llama")
