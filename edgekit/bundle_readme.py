@@ -28,8 +28,60 @@ INSTALL = {"onnxruntime": "pip install onnxruntime=={onnxruntime}",
            "executorch": "pip install executorch=={executorch} torch=={torch}"}
 
 
+CACHE_CALLS = {
+    "executorch": "`forward(tokens [1, S] int64, input_pos [1] int64) -> logits [1, S, vocab]`, S from 1 to the "
+                  "maximum context; the program keeps the KV cache in its own mutable buffers (import "
+                  "`executorch.extension.llm.custom_ops.custom_ops` before loading it: it uses "
+                  "`llama::update_cache` and `llama::custom_sdpa`). Call it with the prompt at `input_pos = 0`, "
+                  "then with each new token at its position.",
+    "onnxruntime": "`input_ids [1, S]` and `past_key_values.N.key/value [1, kv_heads, P, head_dim]` (P = 0 for "
+                   "the prompt: empty arrays) -> `logits [1, S, vocab]` and `present.N.key/value` "
+                   "`[1, kv_heads, P + S, head_dim]`, which are the next call's past.",
+    "litert": "signature `prefill` (a fixed number of tokens: pad a shorter chunk, the padding's cache entries "
+              "are overwritten before anything reads them) and `decode` (one token); both take `tokens` and "
+              "`input_pos` (int32) and the caches `k_cache_N` / `v_cache_N` `[1, max_context, kv_heads, "
+              "head_dim]` (zeros to start) and return `logits` and the updated caches, for the next call.",
+}
+
+
+def render_language_model(manifest: dict[str, Any]) -> str:
+    """The README of a language-model bundle: the decoding contract of its format and a generation snippet."""
+    model, versions, lm = manifest["model"], manifest.get("versions", {}), manifest["language_model"]
+    met, c = manifest["validation"].get("metrics", {}), lm["config"]
+    runtime = model["runtime"]
+    return "\n".join([
+        f"# {manifest['project']['name']} for {manifest['profile']['name']}", "",
+        f"`{model['file']}`: a {lm['parameters']:,}-parameter Llama-architecture language model ({c['num_hidden_layers']} "
+        f"layers, {c['num_attention_heads']} heads / {c['num_key_value_heads']} KV heads, vocabulary "
+        f"{c['vocab_size']:,}) for {model['format']}/{model['backend']}, {model['precision']}, maximum context "
+        f"{lm['max_context']} tokens; built by edgekit {versions.get('edgekit', '?')} on {manifest['created_at']}.",
+        "", f"Validated in its runtime against PyTorch: greedy continuation of the prompt {lm['prompt']!r} "
+            f"{met.get('greedy_agreement', 0):.0%} identical over {lm['new_tokens']} tokens; perplexity "
+            f"{met.get('perplexity', float('nan')):.3f} on {met.get('eval_tokens', '?')} eval tokens (PyTorch "
+            f"{lm['reference_perplexity']:.3f}).",
+        "", "## Calling it", "", CACHE_CALLS[runtime], "",
+        f"Tokens come from `{manifest['tokenizer']['file']}` (Hugging Face `tokenizers`); end-of-text ids: "
+        f"{manifest['tokenizer'].get('eos_ids')}.", "",
+        "## Generate", "", "```sh", INSTALL[runtime].format(**{k: versions.get(k, "?") for k in
+                                                               ("onnxruntime", "ai-edge-litert", "executorch",
+                                                                "torch")}) + " tokenizers numpy", "```", "",
+        "```python", "import json",
+        "from tokenizers import Tokenizer",
+        "from edgekit_runner import lm  # ships in this bundle: numpy + the runtime, no torch for ONNX / LiteRT",
+        "cache = json.load(open(\"manifest.json\"))[\"language_model\"][\"cache\"]",
+        f"session = lm.open_session(\"{model['file']}\", \"{runtime}\", cache)",
+        f"tok = Tokenizer.from_file(\"{manifest['tokenizer']['file']}\")",
+        "out = lm.generate(session, tok.encode(\"def main():\").ids, max_new_tokens=32)",
+        "print(tok.decode(out.tokens), out.time_to_first_token_ms)", "```", "",
+        "Or measure it on the device: `python -m edgekit_runner .` (time to first token, prefill and decode "
+        "tokens/s, peak memory, perplexity and greedy agreement on `eval.npz`), and from Python on the host: "
+        "`edgekit.Bundle.open(\".\").generate(\"text\", max_new_tokens=32)`.", ""])
+
+
 def render(manifest: dict[str, Any]) -> str:
     """The README text for a schema-2 manifest."""
+    if "language_model" in manifest:
+        return render_language_model(manifest)
     model, task, versions = manifest["model"], manifest["task"], manifest.get("versions", {})
     method = MethodSpec.from_dict(manifest["methods"][0])
     v = manifest["validation"]

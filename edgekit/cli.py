@@ -295,17 +295,25 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     if "cosine_min" in v.metrics and v.top1_agreement is None:
         rows["cosine to PyTorch (mean / min)"] = [
             f"{c[1].metrics['cosine_mean']:.5f} / {c[1].metrics['cosine_min']:.5f}" for c in columns] + [""]
-    rows |= {
-        "max abs error": [f"{c[1].max_abs_error:.2e}" for c in columns] + [""],
-        "SQNR vs PyTorch": [_sqnr(c[1]) for c in columns] + [""],
-        "host latency (median)": [f"{c[1].host_latency_ms['median']:.3f} ms" for c in columns] + [""],
-    }
+    if "perplexity" in v.metrics:
+        rows["perplexity (eval)"] = [f"{c[1].metrics['perplexity']:.3f}" for c in columns] + \
+            [f"{v.metrics['reference_perplexity']:.3f}"]
+        rows["max abs logit error"] = [f"{c[1].max_abs_error:.2e}" for c in columns] + [""]
+        rows["host decode (median)"] = [f"{c[1].host_latency_ms['median']:.3f} ms/token" for c in columns] + [""]
+        rows = {k: r for k, r in rows.items() if k != "size"} | {"size": rows["size"]}
+    else:
+        rows |= {
+            "max abs error": [f"{c[1].max_abs_error:.2e}" for c in columns] + [""],
+            "SQNR vs PyTorch": [_sqnr(c[1]) for c in columns] + [""],
+            "host latency (median)": [f"{c[1].host_latency_ms['median']:.3f} ms" for c in columns] + [""],
+        }
     for label, values in rows.items():
         table.add_row(label, *values)
     con.print(table)
     if result.sensitivity is not None:
         _print_sensitivity(con, result.sensitivity)
-    check = (f"max abs error <= {v.atol:g}" if v.atol is not None
+    check = (f"greedy continuation identical, perplexity and logits within {v.atol:.2g}"
+             if "perplexity" in v.metrics else f"max abs error <= {v.atol:g}" if v.atol is not None
              else f"accuracy drop {v.accuracy_drop:.2f} <= {v.max_accuracy_drop:g} points"
              if v.max_accuracy_drop is not None else f"the {result.plan.task} task's thresholds")
     con.print(f"  passed: {check}; latency is this host's (batch {v.host_latency_ms['batch']}), not the device's")

@@ -179,3 +179,16 @@ def test_a_transformers_llama_folder_builds_and_matches_transformers(tiny_lm_pro
     result = _build(project, tmp_path / "out", "--format", "onnx")
     assert result.exit_code == 0, result.output
     assert edgekit.Bundle.open(tmp_path / "out").manifest.data["validation"]["metrics"]["greedy_agreement"] == 1.0
+
+
+def test_the_bundle_readme_snippet_generates(lm_built, tmp_path):
+    """The README every LM bundle carries: its generation snippet runs as written, in the bundle folder."""
+    import re
+    import sys
+
+    bundle = Path(shutil.copytree(lm_built("onnx"), tmp_path / "bundle"))
+    readme = (bundle / "README.md").read_text()
+    assert "past_key_values.N.key" in readme and "maximum context 128 tokens" in readme
+    code = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-800:]

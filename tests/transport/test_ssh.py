@@ -116,3 +116,22 @@ def test_tampered_bundle_is_refused_before_connecting(sshd, bundle_copy, runner_
     with pytest.raises(BundleError, match="model.onnx: sha256 mismatch"):
         run_bundle(bundle_copy, sshd.spec(runner_python))
     assert sshd.logins() == logins
+
+
+def test_a_language_model_is_benchmarked_over_ssh_and_stored(sshd, lm_built, runner_python, edgekit_home):
+    """`edgekit bench` of the tiny language model's ONNX bundle on a torch-free interpreter over ssh: decode
+    tokens/s, time to first token, peak memory and perplexity come back and land in the results store."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+    from edgekit.results.store import ResultsStore
+
+    logins = sshd.logins()
+    result = CliRunner().invoke(cli, ["bench", str(lm_built("onnx")), "--on", sshd.spec(runner_python),
+                                      "--retries", "0", "--", "--runs", "3", *FAST])
+    assert result.exit_code == 0, result.output
+    assert sshd.logins() > logins and "tokens/s" in result.output
+    run = ResultsStore(edgekit_home / "results.db").list_runs()[0]
+    assert run.status == OK and run.peak_rss_mb > 0
+    assert run.metrics["decode_tokens_per_s"] > 0 and run.metrics["time_to_first_token_ms"] > 0
+    assert run.metrics["perplexity"] > 1 and run.metrics["greedy_agreement"] == 1.0
