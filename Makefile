@@ -4,7 +4,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 DEVICE ?= pixel8
 
-.PHONY: install demo test bench kd-table tiny-lm clean
+.PHONY: install demo test bench bench-llm kd-table tiny-lm clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench: install
 
 kd-table: install  # Hinton KD / FitNet / int8 on digits, 3 seeds: benchmarks/results/kd_table.{md,json} (~15 min)
 	$(VENV)/bin/python -m benchmarks.kd_table
+
+bench-llm: install  # SmolLM2-135M: edgekit's exports vs torch eager vs llama.cpp (builds llama-cpp-python once, ~15 min)
+	$(VENV)/bin/python benchmarks/llm.py
 
 tiny-lm: install  # examples/tiny_lm's teacher and student, trained once and cached (~10 min on 2 cores)
 	$(VENV)/bin/python examples/tiny_lm/train.py

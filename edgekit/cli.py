@@ -287,7 +287,7 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     columns.append((m["precision"], v, m["bytes"]))
     table = Table("", *[c[0] for c in columns], "PyTorch fp32")
     rows = {
-        "size": [f"{b / 1024:.1f} KiB" for _, _, b in columns] + [""],
+        "size": [f"{b / 1024:.1f} KiB" if b < 1 << 20 else f"{b / 1e6:.1f} MB" for _, _, b in columns] + [""],
         v.metric: [f"{c[1].value:.2%}" for c in columns] + [f"{v.reference_value:.2%}"],
     }
     if v.top1_agreement is not None:

@@ -398,6 +398,8 @@ def _split_arrays(project: ProjectSpec, split: Any, what: str) -> dict[str, np.n
 
 
 def _tokenized(project: ProjectSpec, texts: Any, what: str) -> dict[str, np.ndarray]:
+    if project.task.kind == "language-model":
+        return _token_windows(project, texts, what)
     if project.model.hf is None:
         raise ProjectError(f"{what} holds text, but the project has no tokenizer; text needs [model] hf = DIR")
     if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts) or not texts:
@@ -410,6 +412,23 @@ def _tokenized(project: ProjectSpec, texts: Any, what: str) -> dict[str, np.ndar
                            "that shape and one sequence length")
     return hf.tokenize(hf.resolve(project.root, project.model.hf), list(texts), [i.name for i in project.inputs],
                        lengths.pop())
+
+
+def _token_windows(project: ProjectSpec, texts: Any, what: str) -> dict[str, np.ndarray]:
+    """A language model's text: joined with blank lines, tokenized with the project's tokenizer, cut into
+    non-overlapping windows of the declared length (each read, and scored on its next tokens)."""
+    from edgekit.lm.build import tokenizer_file
+
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts) or not texts:
+        raise ProjectError(f"{what} text must be a non-empty list of strings; got {_describe(texts)}")
+    from tokenizers import Tokenizer
+
+    ids = np.asarray(Tokenizer.from_file(str(tokenizer_file(project))).encode("\n\n".join(texts)).ids, np.int64)
+    length = project.inputs[0].shape[1]
+    n = len(ids) // length
+    if n == 0:
+        raise ProjectError(f"{what}: its text is {len(ids)} tokens, less than one window of {length}")
+    return {project.inputs[0].name: ids[: n * length].reshape(n, length)}
 
 
 def _check_labels(y: np.ndarray, n: int, name: str) -> None:

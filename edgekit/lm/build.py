@@ -31,20 +31,23 @@ def settings(b: Any) -> Any:
     return b.project.language_model
 
 
-def load_tokenizer(b: Any) -> tuple[Any, Path]:
-    """The project's tokenizer ([language_model] tokenizer, else the hf folder's), checked against the model's
-    vocabulary."""
-    from tokenizers import Tokenizer
-
+def tokenizer_file(project: Any) -> Path:
+    """The project's tokenizer.json: [language_model] tokenizer, else the hf folder's."""
     from edgekit import hf
 
-    spec = settings(b)
+    spec = project.language_model
     if spec.tokenizer is not None:
-        path = (b.project.root / spec.tokenizer).resolve()
-    elif b.project.model.hf is not None:
-        path = hf.resolve(b.project.root, b.project.model.hf) / hf.TOKENIZER
-    else:
-        raise ProjectError("[language_model] needs tokenizer = \"tokenizer.json\" when the model is an entry point")
+        return (project.root / spec.tokenizer).resolve()
+    if project.model.hf is not None:
+        return hf.resolve(project.root, project.model.hf) / hf.TOKENIZER
+    raise ProjectError("[language_model] needs tokenizer = \"tokenizer.json\" when the model is an entry point")
+
+
+def load_tokenizer(b: Any) -> tuple[Any, Path]:
+    """The project's tokenizer, checked against the model's vocabulary."""
+    from tokenizers import Tokenizer
+
+    path = tokenizer_file(b.project)
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # noqa: BLE001 -- tokenizers raises a bare Exception for a bad file
@@ -112,8 +115,8 @@ def reference_perplexity(model: Any, windows: np.ndarray) -> float:
 
     total, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(windows), 16):
-            w = torch.from_numpy(windows[i:i + 16])
+        for i in range(0, len(windows), 4):  # 4 windows of logits at a time: a 49k vocabulary is large
+            w = torch.from_numpy(windows[i:i + 4])
             logits = model(w[:, :-1]).double()
             total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
                                      reduction="sum").item()
