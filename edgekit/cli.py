@@ -491,6 +491,11 @@ def inspect(bundle: Path, as_json: bool) -> None:
             con.print(_e(f"  validation  {v['where']} ({rt.get('runtime')} {rt.get('version')}): max abs err "
                          f"{fmt_number(v.get('max_abs_error'), '.2e')}{top1}, {v.get('metric')} "
                          f"{fmt_number(v.get('value'), '.2%')}"))
+        if lm := manifest.get("language_model"):
+            cache, met = lm["cache"], (v or {}).get("metrics", {})
+            con.print(_e(f"  language    {lm['parameters']:,} parameters, context {lm['max_context']}, KV cache: "
+                         f"{cache['strategy']} {cache['layout']} x {cache['layers']} layers; perplexity "
+                         f"{fmt_number(met.get('perplexity'), '.3f')} (PyTorch {lm['reference_perplexity']:.3f})"))
         con.print(_e("  versions    " + ", ".join(f"{k} {val}" for k, val in manifest.get("versions", {}).items())))
         con.print(f"  files       {len(manifest['files'])} listed")
         for p in problems:

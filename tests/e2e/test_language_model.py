@@ -53,6 +53,8 @@ def test_each_format_reproduces_pytorch_greedy_generation_and_perplexity(fmt, lm
         assert lm["export"]["outputs"][:2] == ["logits", "present.0.key"]
     if fmt == "tflite":
         assert set(lm["export"]["signatures"]) == {"prefill", "decode"} and cache["prefill"] == 16
+    shown = CliRunner().invoke(cli, ["inspect", str(lm_built(fmt))])
+    assert shown.exit_code == 0 and "context 128, KV cache:" in shown.output.replace("\n", " ")
 
 
 def test_the_export_continues_any_prompt_like_pytorch(tiny_lm_project, lm_built):
