@@ -102,6 +102,17 @@ def train(config: DecoderConfig, splits: dict[str, dict[str, np.ndarray]], epoch
     return model, report
 
 
+def save(model: Decoder, path: Path, report: dict) -> None:
+    """The weights under transformers' names (a tied output layer once), atomically, the report as metadata."""
+    from safetensors.torch import save_file
+
+    from edgekit.fsutil import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = model.hf_state_dict()
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"report": json.dumps(report)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokenizer", action="store_true", help="retrain tokenizer.json first")
@@ -109,10 +120,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.tokenizer:
         data.train_tokenizer(data.paragraphs()["train"]).save(str(data.TOKENIZER))
-    from safetensors.torch import save_file
-
-    from edgekit.fsutil import write_atomic
-
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     splits = data.load_splits(SEQ_LEN)
     for name in [args.only] if args.only else RECIPES:
@@ -120,9 +127,7 @@ def main() -> None:
         path = weights_path(name)
         print(f"{name}: {config.to_dict()}")
         model, report = train(config, splits, **settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-        write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"report": json.dumps(report)}))
+        save(model, path, report)
         print(f"{name}: {report['parameters']:,} parameters, eval perplexity {report['eval_perplexity']:.2f} "
               f"(best epoch {report['best_epoch']}) -> {path}")
 

@@ -82,6 +82,21 @@ def test_training_learns_the_text():
     assert report["eval_perplexity"] < before / 2, report  # 20 steps of a 84k-parameter model: ~750 here
 
 
+def test_trained_weights_are_cached_where_the_example_loads_them(tmp_path, monkeypatch):
+    """train.py's save and model.py's load meet: the tied output layer is written once and comes back tied."""
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    monkeypatch.setitem(train.RECIPES, "student", (TINY, train.RECIPES["student"][1]))
+    monkeypatch.setattr(lm, "STUDENT", TINY)
+    torch.manual_seed(0)
+    model = Decoder(TINY).eval()
+    train.save(model, train.weights_path("student"), {"eval_perplexity": 1.0})
+    loaded = lm.student()
+    x = torch.randint(0, TINY.vocab_size, (1, 12))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+
+
 def test_a_model_that_was_never_trained_says_how_to_train_it(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"run `make tiny-lm` once"):
