@@ -17,6 +17,14 @@ from edgekit_runner.files import UnsafeFile, describe_error, read_regular
 MAX_CONFIG_BYTES = 1 << 20
 
 
+CACHE_ENV = "EDGEKIT_CACHE"
+
+
+def cache_dir() -> Path:
+    """Where downloaded and converted models are kept: ``$EDGEKIT_CACHE``, default ``~/.cache/edgekit``."""
+    return Path(os.environ.get(CACHE_ENV, "").strip() or Path.home() / ".cache" / "edgekit").expanduser()
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """``write(tmp)`` into a temporary file beside ``path``, flush it to disk, then rename it into
     place with the umask's ordinary file mode (mkstemp makes it 0600)."""

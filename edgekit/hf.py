@@ -31,15 +31,11 @@ from typing import Any
 import torch
 
 from edgekit.errors import ProjectError
+from edgekit.fsutil import CACHE_ENV, cache_dir  # noqa: F401  (edgekit.hf.cache_dir: where fetched models live)
 from edgekit.tokenizer import TOKEN_INPUTS, TOKENIZER, check_input_names, tokenize  # noqa: F401
 
 ADDITIVE_MASK_MODELS = ("bert",)  # encoders that take a ready additive [B, 1, 1, S] mask as attention_mask
-CACHE_ENV = "EDGEKIT_CACHE"
 _PYPI = re.compile(r"^pypi:(?P<dist>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!-]+):(?P<path>[^:]+)$")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV, "").strip() or Path.home() / ".cache" / "edgekit").expanduser()
 
 
 def resolve(root: Path, hf: str) -> Path:

@@ -17,22 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgekit_runner.manifest import INPUT, REFERENCE, MethodSpec, TensorSpec
+from edgekit_runner.manifest import INPUT, REFERENCE
 
-import edgekit
 from edgekit import signals
-from edgekit.bundle import SCHEMA_VERSION, BundleWriter
+from edgekit.bundle import BundleWriter
+from edgekit.bundle_manifest import artifact_dtypes, compose_manifest, copy_runner
 from edgekit.errors import ProjectError
 from edgekit.export import EXPORTERS
 from edgekit.export.base import ExportResult, subdir
@@ -43,9 +41,6 @@ from edgekit.project import ProjectSpec, load_data, load_model, model_outputs
 from edgekit.quantize.schemes import scheme_from_dict
 from edgekit.train import LossFn, cross_entropy, pt2e_qat_trainer
 from edgekit.validate import ValidationResult, validate
-
-VERSIONED = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntime", "litert-torch",
-             "ai-edge-litert", "numpy")
 
 StageCallback = Callable[[str, str], None]
 WORK_PREFIX = "edgekit-work-"  # + pid: the build's scratch folder in the temp directory
@@ -62,16 +57,6 @@ class BuildResult:
     baseline: ValidationResult | None = None  # the fp32 artifact's, when the bundle is quantized
     warnings: list[str] = field(default_factory=list)
     sensitivity: Any = None  # edgekit.quantize.sensitivity.MixedReport for --quant mixed
-
-
-def tool_versions() -> dict[str, str]:
-    versions = {"edgekit": edgekit.__version__, "python": platform.python_version()}
-    for dist in VERSIONED:
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = "not installed"
-    return versions
 
 
 def remove_dead_temp() -> None:
@@ -264,8 +249,8 @@ def bundle_stage(b: Build) -> None:
               **{REFERENCE + n: r for n, r in zip(b.output_names, b.reference)}}
     np.savez(staging / "eval.npz", **arrays)
     tokenizer = _copy_tokenizer(b.project, staging)
-    _copy_runner(staging / "edgekit_runner")
-    b.manifest = _manifest(b.profile, b.project, b.plan, staging / model_file, b.output_names, b.reference, arrays,
+    copy_runner(staging / "edgekit_runner")
+    b.manifest = compose_manifest(b.profile, b.project, b.plan, staging / model_file, b.output_names, b.reference, arrays,
                            result, b.validation, None if b.quantized is None else (b.fp32, b.fp32_validation),
                            b.warnings, b.distilled, tokenizer)
 
@@ -317,59 +302,6 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
                        None if b.quantized is None else b.fp32_validation, b.warnings, b.sensitivity)
 
 
-def _manifest(profile: DeviceProfile, project: ProjectSpec, plan: Plan, model_path: Path, output_names: list[str],
-              reference: list[np.ndarray], arrays: dict[str, np.ndarray], result: Any, validation: ValidationResult,
-              baseline: tuple[Any, ValidationResult] | None, warnings: list[str],
-              distilled: dict[str, Any] | None, tokenizer: dict[str, Any] | None) -> dict[str, Any]:
-    """What the bundle says about itself (schema 2; file hashes are added when it is committed)."""
-    batch = project.inputs[0].shape[0]
-    dtypes = artifact_dtypes(project, validation)
-    forward = MethodSpec("forward", tuple(TensorSpec(i.name, dtypes[i.name], tuple(i.shape)) for i in project.inputs),
-                         tuple(TensorSpec(n, str(r.dtype), (batch, *r.shape[1:]))
-                               for n, r in zip(output_names, reference)))
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "edgekit-bundle",
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "profile": {"id": profile.id, "name": profile.name, "soc": profile.soc,
-                    "schema_version": profile.schema_version, "budgets": profile.budgets.model_dump()},
-        "project": {"name": project.name, "model_entry": project.model.source},
-        "task": project.task.options(),
-        "plan": plan.model_dump(),
-        "model": {
-            "file": model_path.name, "format": plan.format, "backend": plan.backend,
-            "runtime": plan.runtime, "runtime_target": plan.runtime_target, "precision": plan.precision,
-            "bytes": model_path.stat().st_size, "export_details": result.details,
-        },
-        "methods": [forward.to_dict()],
-        "eval": {"file": "eval.npz", "n_samples": len(reference[0]),
-                 "arrays": {k: list(a.shape) for k, a in arrays.items()}},
-        "tokenizer": tokenizer,
-        "readme": "README.md",
-        "runner": {"package": "edgekit_runner", "command": "python -m edgekit_runner ."},
-        "distill": distilled,
-        "validation": validation.to_dict(),
-        "baseline": None if baseline is None else {
-            "precision": "fp32", "bytes": baseline[0].model_path.stat().st_size,
-            "validation": baseline[1].to_dict()},
-        "warnings": warnings,
-        "versions": tool_versions(),
-        "seed": project.seed,
-    }
-
-
-def artifact_dtypes(project: ProjectSpec, validation: ValidationResult) -> dict[str, str]:
-    """Each input's dtype as the artifact takes it: the declared one, except where the runtime narrowed an
-    integer input (LiteRT converts int64 ids to int32), so that an app feeding the contract's dtype works."""
-    runtime = validation.runtime_io.get("inputs", [])
-    dtypes = {i.name: i.dtype for i in project.inputs}
-    if len(runtime) == len(project.inputs):
-        for inp, rt in zip(project.inputs, runtime):
-            if np.dtype(inp.dtype).kind in "iu" and np.dtype(rt["dtype"]).kind in "iu" and rt["dtype"] != inp.dtype:
-                dtypes[inp.name] = rt["dtype"]
-    return dtypes
-
-
 def _copy_tokenizer(project: ProjectSpec, staging: Path) -> dict[str, Any] | None:
     """The project's tokenizer, into the bundle: an app tokenizes exactly as the host did."""
     if project.model.hf is None:
@@ -410,10 +342,3 @@ def reference_outputs(model: Any, splits: dict[str, Any], project: ProjectSpec) 
 def _output_names(project: ProjectSpec, n: int) -> list[str]:
     names = list(project.outputs)
     return names[:n] + [f"output_{i}" for i in range(len(names), n)]
-
-
-def _copy_runner(dest: Path) -> None:
-    import edgekit_runner
-
-    shutil.copytree(Path(edgekit_runner.__file__).parent, dest,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))

@@ -192,7 +192,7 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
 def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str | None, quant: str,
                          distill: bool) -> Plan:
     """A language model: exported with its KV cache (edgekit.lm) in fp32, on a CPU path of the profile."""
-    from edgekit.lm.build import FORMATS
+    from edgekit.lm.export import PATHS as FORMATS
 
     if quant not in ("none", "auto"):
         raise PlanError(f"--quant {quant} is not built for language models yet; build with --quant none")

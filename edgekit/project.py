@@ -417,8 +417,6 @@ def _tokenized(project: ProjectSpec, texts: Any, what: str) -> dict[str, np.ndar
 def _token_windows(project: ProjectSpec, texts: Any, what: str) -> dict[str, np.ndarray]:
     """A language model's text: joined with blank lines, tokenized with the project's tokenizer, cut into
     non-overlapping windows of the declared length (each read, and scored on its next tokens)."""
-    from edgekit.lm.build import tokenizer_file
-
     if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts) or not texts:
         raise ProjectError(f"{what} text must be a non-empty list of strings; got {_describe(texts)}")
     from tokenizers import Tokenizer
@@ -429,6 +427,18 @@ def _token_windows(project: ProjectSpec, texts: Any, what: str) -> dict[str, np.
     if n == 0:
         raise ProjectError(f"{what}: its text is {len(ids)} tokens, less than one window of {length}")
     return {project.inputs[0].name: ids[: n * length].reshape(n, length)}
+
+
+def tokenizer_file(project: ProjectSpec) -> Path:
+    """A language model's tokenizer.json: [language_model] tokenizer, else the hf folder's."""
+    from edgekit import hf
+
+    spec = project.language_model
+    if spec is not None and spec.tokenizer is not None:
+        return (project.root / spec.tokenizer).resolve()
+    if project.model.hf is not None:
+        return hf.resolve(project.root, project.model.hf) / hf.TOKENIZER
+    raise ProjectError("[language_model] needs tokenizer = \"tokenizer.json\" when the model is an entry point")
 
 
 def _check_labels(y: np.ndarray, n: int, name: str) -> None:

@@ -24,28 +24,17 @@ from edgekit.validate import OutputComparison, ValidationResult
 
 RELATIVE_TOLERANCE = 1e-4  # fp32: max |logit error| <= this x max(1, max |logit|) over the checked positions
 DEFAULT_MAX_CONTEXT = 512
-FORMATS = {"executorch": ("xnnpack",), "onnx": ("cpu",), "tflite": ("xnnpack",)}  # what edgekit.lm.export builds
 
 
 def settings(b: Any) -> Any:
     return b.project.language_model
 
 
-def tokenizer_file(project: Any) -> Path:
-    """The project's tokenizer.json: [language_model] tokenizer, else the hf folder's."""
-    from edgekit import hf
-
-    spec = project.language_model
-    if spec.tokenizer is not None:
-        return (project.root / spec.tokenizer).resolve()
-    if project.model.hf is not None:
-        return hf.resolve(project.root, project.model.hf) / hf.TOKENIZER
-    raise ProjectError("[language_model] needs tokenizer = \"tokenizer.json\" when the model is an entry point")
-
-
 def load_tokenizer(b: Any) -> tuple[Any, Path]:
     """The project's tokenizer, checked against the model's vocabulary."""
     from tokenizers import Tokenizer
+
+    from edgekit.project import tokenizer_file
 
     path = tokenizer_file(b.project)
     try:
@@ -125,13 +114,13 @@ def reference_perplexity(model: Any, windows: np.ndarray) -> float:
 
 
 def export_stage(b: Any) -> None:
-    from edgekit.lm.export import EXPORTS
+    from edgekit.lm.export import EXPORTS, PATHS
 
     lm = b.language_model
     b.say("export", f"{b.plan.format}/{b.plan.backend} fp32 with a KV cache of {lm['max_context']} positions")
     path = subdir(b.work, "fp32") / f"model{EXPORTERS[b.plan.format].extension}"
     extra = (min(settings(b).prefill, lm["max_context"]),) if b.plan.format == "tflite" else ()
-    if b.plan.format not in FORMATS or b.plan.backend not in FORMATS[b.plan.format]:
+    if b.plan.backend not in PATHS.get(b.plan.format, ()):
         raise ExportError(f"{b.plan.format}/{b.plan.backend} cannot export a language model")
     details = EXPORTS[b.plan.format](b.model, path, lm["max_context"], *extra)
     b.fp32 = ExportResult(path, details={"language_model": details})
@@ -182,7 +171,7 @@ def bundle_stage(b: Any) -> None:
     """Model, eval set (windows, prompt, PyTorch's continuation and perplexity), tokenizer, runner, manifest."""
     from edgekit_runner.manifest import INPUT, MethodSpec, TensorSpec
 
-    from edgekit import pipeline
+    from edgekit.bundle_manifest import compose_manifest, copy_runner
 
     lm, staging = b.language_model, b.staging
     b.say("bundle", str(b.out))
@@ -193,12 +182,12 @@ def bundle_stage(b: Any) -> None:
               "reference_perplexity": np.asarray(lm["reference_perplexity"], np.float64)}
     np.savez(staging / "eval.npz", **arrays)
     shutil.copy2(lm["tokenizer_path"], staging / "tokenizer.json")
-    pipeline._copy_runner(staging / "edgekit_runner")
+    copy_runner(staging / "edgekit_runner")
     c, export = b.model.config, b.fp32.details["language_model"]
     method = MethodSpec("forward", (TensorSpec("tokens", "int64", (1, "tokens")),),
                         (TensorSpec("logits", "float32", (1, "tokens", c.vocab_size)),),
                         {"tokens": (1, lm["max_context"])})
-    manifest = pipeline._manifest(b.profile, b.project, b.plan, staging / model_file, ["logits"],
+    manifest = compose_manifest(b.profile, b.project, b.plan, staging / model_file, ["logits"],
                                   [np.zeros((1, 1, c.vocab_size), np.float32)], arrays, b.fp32, b.validation, None,
                                   b.warnings, b.distilled, None)
     manifest["methods"] = [method.to_dict()]

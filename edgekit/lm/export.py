@@ -111,3 +111,4 @@ def litert(decoder: Decoder, path: Path, max_context: int, prefill: int) -> dict
 
 
 EXPORTS = {"executorch": executorch, "onnx": onnx, "tflite": litert}
+PATHS = {"executorch": ("xnnpack",), "onnx": ("cpu",), "tflite": ("xnnpack",)}  # format -> backends built here

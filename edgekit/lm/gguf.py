@@ -62,7 +62,7 @@ def check_gguf(path: Path) -> str:
 
 def folder_from_gguf(path: Path, say=lambda msg: None) -> Path:
     """The Hugging Face folder of the Llama GGUF at ``path``, converted into the cache the first time."""
-    from edgekit.hf import cache_dir
+    from edgekit.fsutil import cache_dir
 
     path = Path(path)
     check_gguf(path)

@@ -74,8 +74,8 @@ def test_a_newer_schema_names_both_versions():
 
 
 def test_registry_is_explicit_and_names_what_it_knows():
-    assert set(TASKS) == {"classification", "embedding"}
-    with pytest.raises(ValueError, match="unknown task 'speech'; this edgekit knows classification, embedding"):
+    assert set(TASKS) == {"classification", "embedding", "language-model"}
+    with pytest.raises(ValueError, match="unknown task 'speech'; this edgekit knows classification, embedding, language-model"):
         get_task("speech")
 
 

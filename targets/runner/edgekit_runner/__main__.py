@@ -169,6 +169,19 @@ def run_bundle(bundle: Path, settings: measure.Settings | None = None, threads: 
     return report
 
 
+def _import_runtime(report: RunReport, probe: MemoryProbe, runtime: str) -> bool:
+    """Import the runtime (timed, RSS after); False with the report's error set when it is not installed."""
+    try:
+        t0 = time.perf_counter_ns()
+        runtimes.import_runtime(runtime)
+        report.timing["import_ms"] = (time.perf_counter_ns() - t0) / 1e6
+    except ImportError as e:
+        report.error = f"runtime {runtime!r} is not installed on this device: {e}"
+        return False
+    probe.rss("after_import_rss_mb")
+    return True
+
+
 def _run_language_model(report: RunReport, probe: MemoryProbe, bundle: Path, manifest: Manifest,
                         data: dict[str, np.ndarray], settings: measure.Settings, threads: int | None,
                         accuracy: bool) -> None:
@@ -176,14 +189,8 @@ def _run_language_model(report: RunReport, probe: MemoryProbe, bundle: Path, man
     from edgekit_runner import lm
 
     runtime = manifest.data["model"]["runtime"]
-    try:
-        t0 = time.perf_counter_ns()
-        runtimes.import_runtime(runtime)
-        report.timing["import_ms"] = (time.perf_counter_ns() - t0) / 1e6
-    except ImportError as e:
-        report.error = f"runtime {runtime!r} is not installed on this device: {e}"
+    if not _import_runtime(report, probe, runtime):
         return
-    probe.rss("after_import_rss_mb")
     try:
         lm.measure_bundle(report, probe, bundle / manifest.model_file, manifest, data, settings, threads, accuracy)
     except Exception as e:  # noqa: BLE001 -- any runtime error on the model is recorded, not raised
@@ -195,14 +202,8 @@ def _load_and_time(report: RunReport, probe: MemoryProbe, model_path: Path, mode
                    threads: int | None) -> runtimes.LoadedModel | None:
     """Import the runtime, load the model, time it; fills runtime, timing, latency, memory and the status."""
     runtime = model_info["runtime"]
-    try:
-        t0 = time.perf_counter_ns()
-        runtimes.import_runtime(runtime)
-        report.timing["import_ms"] = (time.perf_counter_ns() - t0) / 1e6
-    except ImportError as e:
-        report.error = f"runtime {runtime!r} is not installed on this device: {e}"
+    if not _import_runtime(report, probe, runtime):
         return None
-    probe.rss("after_import_rss_mb")
     probe.reset_peak()
     try:
         t0 = time.perf_counter_ns()
