@@ -112,15 +112,15 @@ def tiny():
     model.load_hf_state_dict(load_file(str(Path(__file__).with_name("weights.safetensors"))))
     return model
 '''
-TINY_LM_DATA = '''import sys
+TINY_LM_DATA = '''import importlib.util
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent / "tiny_lm"))
 
 
 def windows():
-    import data  # examples/tiny_lm/data.py, copied beside this file
-
+    # examples/tiny_lm/data.py, copied beside this file; loaded by path (other examples have a data.py too)
+    spec = importlib.util.spec_from_file_location("tiny_lm_copy_data", Path(__file__).parent / "tiny_lm" / "data.py")
+    data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(data)
     return {k: {"tokens": v["tokens"][:200]} for k, v in data.load_splits(64).items()}
 '''
 
