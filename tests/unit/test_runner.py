@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import mmap
 import os
 import platform
 
@@ -177,8 +178,11 @@ def test_memory_peak_resets_and_sees_an_allocation():
     probe = memory.MemoryProbe()
     probe.rss("before")
     probe.reset_peak()
-    block = np.ones(64 * 2**20, np.uint8)  # 64 MiB, touched
-    del block
+    # 64 MiB of fresh pages, touched, then unmapped: an mmap of its own, so no allocator can hand back memory
+    # that is already resident (after a large model was freed in this process, numpy's could)
+    block = mmap.mmap(-1, 64 * 2**20)
+    block.write(b"\1" * (64 * 2**20))
+    block.close()
     probe.peak("peak")
     probe.rss("after")
     v = probe.result()
