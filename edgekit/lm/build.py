@@ -126,18 +126,47 @@ def export_stage(b: Any) -> None:
     b.fp32 = ExportResult(path, details={"language_model": details})
 
 
+def quantize_stage(b: Any) -> None:
+    """The weights quantized with the backend's own tool (:mod:`edgekit.lm.quantize`); the bits per weight
+    are read back from the artifact."""
+    from edgekit.lm import quantize as lq
+    from edgekit.lm.export import executorch
+    from edgekit.quantize.schemes import scheme_from_dict
+
+    scheme, fmt, lm = scheme_from_dict(b.plan.quant_scheme), b.plan.format, b.language_model
+    b.say("quantize", f"{b.plan.quant} ({scheme.precision}) with the {fmt} backend's own tool")
+    path = subdir(b.work, "quant") / f"model{EXPORTERS[fmt].extension}"
+    export = b.fp32.details["language_model"]
+    if fmt == "executorch":
+        decoder, details = lq.executorch_decoder(b.model, scheme)
+        export = executorch(decoder, path, lm["max_context"], quantized=True)
+    elif fmt == "onnx":
+        details = lq.onnx(b.fp32.model_path, path, scheme, b.model.config.vocab_size)
+    else:
+        details = lq.litert(b.fp32.model_path, path, scheme)
+    c = b.model.config
+    state = 2 * c.num_hidden_layers * int(np.prod(export["cache"]["shape"])) * 4 if fmt == "executorch" else 0
+    bits = lq.weight_bits(path, fmt, sum(p.numel() for p in b.model.parameters()), state)
+    b.quantized = ExportResult(path, details={"language_model": export,
+                                              "quantization": {**scheme.to_dict(), **details, "stored_bits": bits}})
+
+
 def validate_stage(b: Any) -> None:
     """Logits along PyTorch's continuation, greedy tokens and perplexity, in the target runtime; a failure
-    stops the build (ValidationFailed)."""
+    stops the build (ValidationFailed). fp32 must match PyTorch's logits within the tolerance; a quantized
+    artifact is judged by the task's thresholds for quantized models (greedy agreement, perplexity increase)."""
     import torch
     from edgekit_runner import lm as runner_lm
     from edgekit_runner.measure import latency_stats
     from edgekit_runner.tasks import get_task
 
-    lm, plan = b.language_model, b.plan
-    b.say("validate", "fp32 against PyTorch in the target runtime: logits, greedy tokens, perplexity")
-    cache = b.fp32.details["language_model"]["cache"]
-    session = runner_lm.open_session(b.fp32.model_path, plan.runtime, cache, target=plan.runtime_target)
+    lm, plan, artifact = b.language_model, b.plan, b.result
+    quantized = b.quantized is not None
+    b.say("validate-quantized" if quantized else "validate",
+          f"{plan.quant} against PyTorch fp32 in the target runtime: greedy tokens, perplexity, logits"
+          if quantized else "fp32 against PyTorch in the target runtime: logits, greedy tokens, perplexity")
+    cache = artifact.details["language_model"]["cache"]
+    session = runner_lm.open_session(artifact.model_path, plan.runtime, cache, target=plan.runtime_target)
     prompt, greedy = lm["prompt_ids"], lm["greedy"]
     seq = prompt + greedy
     with torch.no_grad():
@@ -145,7 +174,7 @@ def validate_stage(b: Any) -> None:
     session.reset()
     got = np.concatenate([session.feed(prompt)] + [session.feed([t]) for t in greedy[:-1]])
     err = np.abs(got.astype(np.float64) - ref)
-    atol = RELATIVE_TOLERANCE * max(1.0, float(np.abs(ref).max()))
+    atol = None if quantized else RELATIVE_TOLERANCE * max(1.0, float(np.abs(ref).max()))
     generation = runner_lm.generate(session, prompt, len(greedy), stop_at_eos=False)
     b.say("validate", f"perplexity through the export on {len(lm['windows'])} eval windows")
     ppl = runner_lm.perplexity(session, lm["windows"])
@@ -153,18 +182,21 @@ def validate_stage(b: Any) -> None:
     metrics = kind.score({"greedy": np.asarray(generation.tokens), "perplexity": np.asarray(ppl["perplexity"])},
                          {"greedy_reference": np.asarray(greedy), "reference_perplexity": lm["reference_perplexity"]},
                          None)
-    metrics.update(max_abs_logit_error=float(err.max()), logit_tolerance=atol, eval_tokens=ppl["tokens"],
-                   time_to_first_token_ms=generation.time_to_first_token_ms)
-    judgement = kind.judge(metrics, b.project.task.options(), quantized=False)
+    metrics.update(max_abs_logit_error=float(err.max()), eval_tokens=ppl["tokens"],
+                   time_to_first_token_ms=generation.time_to_first_token_ms,
+                   **({"logit_tolerance": atol} if atol is not None else {}))
+    judgement = kind.judge(metrics, b.project.task.options(), quantized=quantized)
     decode = latency_stats(np.asarray(generation.decode_ms) * 1e6)
     v = ValidationResult(
-        where="target-runtime", runtime=session.info, artifact=b.fp32.model_path.name, n_samples=len(seq) - 1,
+        where="target-runtime", runtime=session.info, artifact=artifact.model_path.name, n_samples=len(seq) - 1,
         atol=atol, outputs=[OutputComparison("logits", float(err.max()), float(err.mean()), list(ref.shape))],
         top1_agreement=None, metric=kind.metric, value=metrics["greedy_agreement"], reference_value=1.0,
         host_latency_ms={**decode, "batch": 1, "per": "decoded token"}, metrics=metrics,
         task_failure=judgement.reason)
     v.raise_if_failed()
-    b.validation = b.fp32_validation = v
+    b.validation = v
+    if not quantized:
+        b.fp32_validation = v
 
 
 def bundle_stage(b: Any) -> None:
@@ -176,19 +208,20 @@ def bundle_stage(b: Any) -> None:
     lm, staging = b.language_model, b.staging
     b.say("bundle", str(b.out))
     model_file = f"model{EXPORTERS[b.plan.format].extension}"
-    shutil.copy2(b.fp32.model_path, staging / model_file)
+    shutil.copy2(b.result.model_path, staging / model_file)
     arrays = {INPUT + "tokens": lm["windows"], "prompt": np.asarray([lm["prompt_ids"]], np.int64),
               "greedy_reference": np.asarray([lm["greedy"]], np.int64),
               "reference_perplexity": np.asarray(lm["reference_perplexity"], np.float64)}
     np.savez(staging / "eval.npz", **arrays)
     shutil.copy2(lm["tokenizer_path"], staging / "tokenizer.json")
     copy_runner(staging / "edgekit_runner")
-    c, export = b.model.config, b.fp32.details["language_model"]
+    c, export = b.model.config, b.result.details["language_model"]
     method = MethodSpec("forward", (TensorSpec("tokens", "int64", (1, "tokens")),),
                         (TensorSpec("logits", "float32", (1, "tokens", c.vocab_size)),),
                         {"tokens": (1, lm["max_context"])})
     manifest = compose_manifest(b.profile, b.project, b.plan, staging / model_file, ["logits"],
-                                  [np.zeros((1, 1, c.vocab_size), np.float32)], arrays, b.fp32, b.validation, None,
+                                  [np.zeros((1, 1, c.vocab_size), np.float32)], arrays, b.result, b.validation,
+                                  None if b.quantized is None else (b.fp32, b.fp32_validation),
                                   b.warnings, b.distilled, None)
     manifest["methods"] = [method.to_dict()]
     manifest["eval"] = {"file": "eval.npz", "n_samples": len(lm["windows"]),
@@ -203,4 +236,5 @@ def bundle_stage(b: Any) -> None:
     b.manifest = manifest
 
 
-STAGES = {"load": load_stage, "export": export_stage, "validate": validate_stage, "bundle": bundle_stage}
+STAGES = {"load": load_stage, "export": export_stage, "validate": validate_stage, "quantize": quantize_stage,
+          "bundle": bundle_stage}

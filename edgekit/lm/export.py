@@ -23,12 +23,16 @@ def _layout(decoder: Decoder, max_context: int, **extra: Any) -> dict[str, Any]:
             "head_dim": c.head_dim, "vocab_size": c.vocab_size, "eos_ids": c.eos_ids, **extra}
 
 
-def executorch(decoder: Decoder, path: Path, max_context: int, backend: str = "xnnpack") -> dict[str, Any]:
+def executorch(decoder: Decoder, path: Path, max_context: int, backend: str = "xnnpack",
+               quantized: bool = False) -> dict[str, Any]:
     """``forward(tokens [1, S], input_pos [1])`` with S dynamic in 1..max_context, the cache in mutable buffers,
-    lowered to XNNPACK, plus the constant methods ExecuTorch's LLM runner reads."""
+    lowered to XNNPACK, plus the constant methods ExecuTorch's LLM runner reads. ``quantized``: the decoder
+    holds torchao's quantized weights (:func:`edgekit.lm.quantize.executorch_decoder`); an int8 embedding
+    table becomes the ``embedding_byte`` kernel."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+    from executorch.exir.passes.quant_fusion_pass import QuantFusionPass
     from torch.export import Dim
 
     module = ExecuTorchLM(decoder, max_context).eval()
@@ -44,8 +48,12 @@ def executorch(decoder: Decoder, path: Path, max_context: int, backend: str = "x
         with torch.no_grad():
             program = torch.export.export(module, example, dynamic_shapes=({1: seq}, None), strict=True)
         partitioners = [XnnpackPartitioner()] if backend == "xnnpack" else []
-        edge = to_edge_transform_and_lower(program, partitioner=partitioners, constant_methods=metadata)
-        et = edge.to_executorch(ExecutorchBackendConfig(passes=[InitializedMutableBufferPass(["cache"])]))
+        compile_config = EdgeCompileConfig(_check_ir_validity=False) if quantized else None  # torchao's affine ops
+        edge = to_edge_transform_and_lower(program, partitioner=partitioners, constant_methods=metadata,
+                                           compile_config=compile_config)
+        passes = [QuantFusionPass()] if quantized else []
+        et = edge.to_executorch(ExecutorchBackendConfig(passes=[*passes, InitializedMutableBufferPass(["cache"])],
+                                                        do_quant_fusion_and_const_prop=quantized))
     except Exception as e:  # noqa: BLE001 -- any exporter failure is reported as one line
         raise ExportError(f"ExecuTorch export of the language model failed: {type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}") from e

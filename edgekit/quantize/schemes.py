@@ -116,14 +116,47 @@ class Mixed(_Scheme):
         object.__setattr__(self, "float_layers", tuple(self.float_layers))
 
 
-Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16 | Int4WeightOnly | Int8WeightOnly | Mixed
+@dataclass(frozen=True)
+class LMWeights(_Scheme):
+    """A language model's weights (:mod:`edgekit.lm.quantize`, each backend's own tool): the linear layers at
+    ``bits`` (4: symmetric per group of ``group_size`` inputs; 8: per channel, or per block of 32 in ONNX
+    Runtime), the embedding table and the output layer int8 (as production LLM recipes ship them) or float.
+    ``accuracy_level``: ONNX Runtime's MatMulNBits compute (0 float, 4 int8 activations per block: faster, and
+    known to flip greedy tokens on some models). ``hqq``: ExecuTorch's int4 scales by half-quadratic
+    optimisation instead of min/max."""
+
+    name: ClassVar[str] = "lm-weights"
+    bits: int = 4
+    group_size: int = 32
+    embedding: str = "int8"
+    output: str = "int8"
+    accuracy_level: int = 4
+    hqq: bool = False
+    calib_samples: int = 0
+
+    @property
+    def precision(self) -> str:
+        return f"int{self.bits}-weight"
+
+    def __post_init__(self) -> None:
+        if self.bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, not {self.bits}")
+        if self.embedding not in ("int8", "float") or self.output not in ("int8", "float"):
+            raise ValueError("embedding and output are 'int8' or 'float'")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy_level is 0..4, not {self.accuracy_level}")
+
+
+Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16 | Int4WeightOnly | Int8WeightOnly | Mixed | LMWeights
 SCHEMES: dict[str, type] = {"int8": Int8Static, "int8-qat": Int8QAT, "int8-dynamic": Int8Dynamic, "fp16": FP16,
                             "int4-weight-only": Int4WeightOnly, "int8-weight-only": Int8WeightOnly, "mixed": Mixed}
+LM_SCHEMES: dict[str, type] = {LMWeights.name: LMWeights}  # built by the planner for language models only
 
 
 def scheme_from_dict(data: dict[str, Any]) -> Scheme:
     data = dict(data)
     name = data.pop("scheme")
-    if name not in SCHEMES:
-        raise ValueError(f"unknown quantization scheme {name!r}; known: {', '.join(SCHEMES)}")
-    return SCHEMES[name](**data)
+    known = {**SCHEMES, **LM_SCHEMES}
+    if name not in known:
+        raise ValueError(f"unknown quantization scheme {name!r}; known: {', '.join(known)}")
+    return known[name](**data)

@@ -1,0 +1,308 @@
+"""Quantize a language model with each backend's own tool (:class:`edgekit.quantize.schemes.LMWeights`).
+
+- ExecuTorch (XNNPACK): torchao on the :class:`Decoder` before export. int4 is ExecuTorch's production
+  LLM recipe "8da4w" (``Int8DynamicActivationIntxWeightConfig``: int4 weights per group, int8 activations
+  quantized per token at run time, XNNPACK's int4 GEMM); int8 is the same with int8 weights per channel
+  ("8da8w"): torchao's int8 weight-only linear lowers but computes wrong outputs in ExecuTorch 1.5.1. The embedding table is int8 per row (``embedding_byte``) and the
+  output layer 8da8w by default. HQQ (half-quadratic) picks the int4 scales instead of min/max, as an option.
+- ONNX Runtime: ``MatMulNBitsQuantizer`` on the fp32 ``.onnx``: every linear layer as ``MatMulNBits``
+  (4 or 8 bits per block of ``group_size``, ``accuracy_level`` as set: 0 computes in float, 4 quantizes the
+  activations to int8 per block at run time), the output layer 8 bits, the embedding table int8
+  (``quantize_dynamic`` on its Gather).
+- LiteRT: ai-edge-quantizer on the fp32 ``.tflite``: int8 is ``weight_only_wi8_afp32``; int4 is the
+  dynamic recipe with int4 weights per block of ``group_size`` (int8 activations at run time), the
+  embedding table and output layer int8 per channel.
+
+:func:`weight_bits` reads back from the artifact how many bits its weights take (scales and zero points
+included), so the manifest reports what was written rather than what was asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import ExportError
+from edgekit.lm.model import Decoder
+
+
+def _fail(what: str, e: Exception) -> ExportError:
+    from edgekit.export.trace import summarize
+
+    return ExportError(f"{what} failed: {summarize(e)}")
+
+
+def check_groups(decoder: Decoder, scheme: Any) -> None:
+    c = decoder.config
+    if scheme.bits == 4:
+        bad = sorted({n for n in (c.hidden_size, c.intermediate_size) if n % scheme.group_size})
+        if bad:
+            raise ExportError(f"--group-size {scheme.group_size} does not divide the linear layers' inputs "
+                                    f"({', '.join(map(str, bad))}); pick one that does, e.g. 32")
+
+
+# ------------------------------------------------------------------------------------------------ ExecuTorch
+
+def executorch_decoder(decoder: Decoder, scheme: Any) -> tuple[Decoder, dict[str, Any]]:
+    """A quantized copy of ``decoder`` for :func:`edgekit.lm.export.executorch` and what was done."""
+    import torch
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    check_groups(decoder, scheme)
+    model = copy.deepcopy(decoder).eval()
+    if model.config.tie_word_embeddings:  # each layer gets its own quantized copy of the shared table
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    body = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    if scheme.bits == 4:
+        kwargs = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if scheme.hqq else {}
+        linear = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                       weight_granularity=PerGroup(scheme.group_size), **kwargs)
+        what = (f"int4 symmetric per group of {scheme.group_size}{' (HQQ scales)' if scheme.hqq else ''}, int8 "
+                "activations per token at run time (8da4w)")
+    else:  # 8da8w: torchao's int8 weight-only linear lowers in ExecuTorch 1.5.1 but computes wrong outputs
+        # (measured on the tiny LM: perplexity +70% through the .pte, +0.1% in eager PyTorch)
+        linear = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+        what = ("int8 symmetric per output channel, int8 activations per token at run time (8da8w: XNNPACK's "
+                "int8 GEMM; its weight-only int8 path computes wrong outputs in ExecuTorch 1.5.1)")
+    output = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    try:
+        quantize_(model, linear, filter_fn=lambda m, fqn: fqn in body)
+        if scheme.output == "int8":
+            quantize_(model, output, filter_fn=lambda m, fqn: fqn == "lm_head")
+        if scheme.embedding == "int8":
+            quantize_(model, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+                      filter_fn=lambda m, fqn: isinstance(m, torch.nn.Embedding))
+    except Exception as e:  # noqa: BLE001
+        raise _fail("torchao quantization of the language model", e) from e
+    return model, {"tool": "torchao Int8DynamicActivationIntxWeightConfig",
+                   "linear_layers": what,
+                   "output_layer": "int8 per channel, int8 activations per token (8da8w)"
+                   if scheme.output == "int8" else "float",
+                   "embedding_table": "int8 per row (embedding_byte)" if scheme.embedding == "int8" else "float"}
+
+
+# ------------------------------------------------------------------------------------------------ ONNX Runtime
+
+def _output_matmul(model: Any, vocab: int) -> str | None:
+    """The name of the MatMul that produces the logits (its weight has ``vocab`` columns). A tied output layer
+    reads the embedding table through a Transpose; it gets a transposed copy of its own, so the quantizer
+    (which takes initializer weights only) can quantize it and the Gather keeps the table."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2:
+            continue
+        w = node.input[1]
+        t = producer.get(w)
+        if w not in inits and t is not None and t.op_type == "Transpose" and t.input[0] in inits:
+            table = numpy_helper.to_array(inits[t.input[0]])
+            if table.ndim == 2 and table.shape[0] == vocab:
+                copy_name = f"{t.input[0]}.transposed"
+                model.graph.initializer.append(numpy_helper.from_array(table.T.copy(), copy_name))
+                node.input[1] = copy_name
+                if not any(w in n.input for n in model.graph.node):
+                    model.graph.node.remove(t)
+                return node.name
+        if w in inits and numpy_helper.to_array(inits[w]).shape[-1] == vocab:
+            return node.name
+    return None
+
+
+def onnx(fp32_path: Path, out_path: Path, scheme: Any, vocab: int) -> dict[str, Any]:
+    """MatMulNBits for the linear layers (the output layer 8 bits unless float), an int8 embedding table."""
+    import tempfile
+
+    import onnx as onnx_lib
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from edgekit.fsutil import write_atomic
+
+    block = scheme.group_size if scheme.bits == 4 else 32
+    try:
+        model = onnx_lib.load(str(fp32_path))
+        head = _output_matmul(model, vocab)
+        tables = {i.name for i in model.graph.initializer if len(i.dims) == 2 and i.dims[0] == vocab}
+        gathers = [n.name for n in model.graph.node if n.op_type == "Gather" and n.input[0] in tables]
+        if head and scheme.output == "int8" and scheme.bits == 4:  # first the output layer at 8 bits
+            others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name != head]
+            q = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True,
+                                     accuracy_level=scheme.accuracy_level, nodes_to_exclude=others)
+            q.process()
+            model = q.model.model
+        exclude = [head] if head and scheme.output == "float" else []
+        q = MatMulNBitsQuantizer(model, bits=scheme.bits, block_size=block, is_symmetric=True,
+                                 accuracy_level=scheme.accuracy_level, nodes_to_exclude=exclude)
+        q.process()
+        with tempfile.TemporaryDirectory() as tmp:
+            mid = Path(tmp) / "nbits.onnx"
+            q.model.save_model_to_file(str(mid))
+            if gathers and scheme.embedding == "int8":
+                final = Path(tmp) / "final.onnx"
+                quantize_dynamic(str(mid), str(final), op_types_to_quantize=["Gather"], nodes_to_quantize=gathers,
+                                 weight_type=QuantType.QInt8)
+                swapped = _gather_then_dequantize(onnx_lib.load(str(final)))
+                onnx_lib.save(swapped, str(final))
+                mid = final
+            write_atomic(out_path, lambda t: t.write_bytes(mid.read_bytes()))
+        nodes = onnx_lib.load(str(out_path), load_external_data=False).graph.node
+    except Exception as e:  # noqa: BLE001
+        raise _fail("ONNX Runtime quantization of the language model", e) from e
+    return {"tool": "onnxruntime MatMulNBitsQuantizer" + (" + quantize_dynamic (Gather)" if gathers else ""),
+            "linear_layers": f"int{scheme.bits} symmetric per block of {block}, accuracy_level "
+                             f"{scheme.accuracy_level} ("
+                             + ("float compute)" if scheme.accuracy_level == 0 else "int8 activations per block)"),
+            "output_layer": "float" if scheme.output == "float" else
+                            f"int{8 if scheme.output == 'int8' or scheme.bits == 8 else scheme.bits} per block of 32",
+            "embedding_table": "int8 per tensor (Gather, then DequantizeLinear)" if gathers and scheme.embedding == "int8"
+                         else "float",
+            "matmulnbits_nodes": sum(n.op_type == "MatMulNBits" for n in nodes)}
+
+
+def _gather_then_dequantize(model: Any) -> Any:
+    """quantize_dynamic writes ``DequantizeLinear(table) -> Gather``: the whole table is dequantized on every
+    call (49k rows for one token). With one scale for the table (per tensor) the two commute exactly, so
+    gather the int8 rows first and dequantize only those."""
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    inits = {i.name: i for i in model.graph.initializer}
+    for dq in [n for n in model.graph.node if n.op_type == "DequantizeLinear"]:
+        users = consumers.get(dq.output[0], [])
+        scalar = all(name in inits and not inits[name].dims for name in dq.input[1:])
+        if not scalar or not users or any(u.op_type != "Gather" or u.input[0] != dq.output[0] for u in users):
+            continue
+        for g in users:  # Gather(q, ids) -> DequantizeLinear(rows, scale, zero point)
+            rows = g.output[0] + "_quantized_rows"
+            out = g.output[0]
+            g.input[0], g.output[0] = dq.input[0], rows
+            new = type(dq)()
+            new.CopyFrom(dq)
+            new.name, new.input[0], new.output[0] = g.name + "_dequantize", rows, out
+            model.graph.node.insert(list(model.graph.node).index(g) + 1, new)
+        model.graph.node.remove(dq)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ LiteRT
+
+def litert(fp32_path: Path, out_path: Path, scheme: Any) -> dict[str, Any]:
+    """ai-edge-quantizer: int8 weight-only, or int4 blockwise dynamic with an int8 embedding and output layer.
+
+    litert-torch names the weight tensors ``arith.constant*``, so layers are told apart by what they produce:
+    the output layer is the FULLY_CONNECTED whose output is the ``logits``. A tied table is one int8 tensor
+    read by both EMBEDDING_LOOKUP and the output layer. (ai-edge-quantizer 0.10's weight-only config for
+    EMBEDDING_LOOKUP fails -- str + bytes in its dequantize insertion -- so the table is quantized with the
+    dynamic config, which the lookup reads as int8 rows.)"""
+    from ai_edge_quantizer import qtyping, quantizer, recipe, recipe_manager
+
+    from edgekit.fsutil import write_atomic
+
+    op = qtyping.TFLOperationName
+    try:
+        if scheme.bits == 8:
+            rcp = recipe.weight_only_wi8_afp32()
+            linear = "int8 per channel, float activations (weight_only_wi8_afp32)"
+        else:
+            granularity = getattr(qtyping.QuantGranularity, f"BLOCKWISE_{scheme.group_size}", None)
+            if granularity is None:
+                raise ExportError(f"LiteRT's int4 blocks are 32, 64, 128 or 256 weights, not "
+                                  f"--group-size {scheme.group_size}")
+            rm = recipe_manager.RecipeManager()
+            rm.add_dynamic_config(regex=".*", operation_name=op.FULLY_CONNECTED, num_bits=4,
+                                  granularity=granularity)
+            if scheme.output == "int8":
+                rm.add_dynamic_config(regex=r".*logits.*", operation_name=op.FULLY_CONNECTED, num_bits=8)
+            if scheme.embedding == "int8":
+                rm.add_dynamic_config(regex=".*", operation_name=op.EMBEDDING_LOOKUP, num_bits=8)
+            rcp = rm.get_quantization_recipe()
+            linear = f"int4 symmetric per block of {scheme.group_size}, int8 activations at run time (dynamic)"
+        result = quantizer.Quantizer(str(fp32_path), rcp).quantize()
+        write_atomic(out_path, lambda t: result.export_model(str(t), overwrite=True))
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _fail("ai-edge-quantizer on the language model", e) from e
+    return {"tool": "ai-edge-quantizer", "linear_layers": linear,
+            "output_layer": "int8 per channel" if scheme.bits == 8 or scheme.output == "int8" else
+                            f"int4 per block of {scheme.group_size}",
+            "embedding_table": "int8 per row" if scheme.bits == 8 or scheme.embedding == "int8" else "float"}
+
+
+# ------------------------------------------------------------------------------------------------ bits per weight
+
+def weight_bits(path: Path, fmt: str, parameters: int, state_bytes: int = 0) -> dict[str, Any]:
+    """Bits per weight read from the artifact: ``file`` counts the whole file (minus ``state_bytes`` of
+    stored cache), ``linear`` the quantized linear layers' own tensors (data + scales + zero points), where
+    the format lets them be read back."""
+    size = Path(path).stat().st_size
+    out: dict[str, Any] = {"file_bytes": size,
+                           "file_bits_per_parameter": round((size - state_bytes) * 8 / parameters, 3)}
+    if fmt == "onnx":
+        out.update(_onnx_linear_bits(path))
+    elif fmt == "tflite":
+        out.update(_tflite_linear_bits(path))
+    return out
+
+
+def _onnx_linear_bits(path: Path) -> dict[str, Any]:
+    import numpy as np
+    import onnx as onnx_lib
+
+    model = onnx_lib.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    per_bits: dict[int, list[int]] = {}  # weight bits -> [stored bits, weights]
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        attrs = {a.name: a.i for a in node.attribute}
+        acc = per_bits.setdefault(attrs["bits"], [0, 0])
+        acc[1] += attrs["K"] * attrs["N"]
+        for name in node.input[1:]:
+            if name in inits:
+                acc[0] += int(np.prod(inits[name].dims)) * _onnx_itemsize(inits[name].data_type) * 8
+    return {"bits_per_weight": {f"int{b}": round(stored / n, 3) for b, (stored, n) in sorted(per_bits.items())},
+            "weights": {f"int{b}": n for b, (_, n) in sorted(per_bits.items())}} if per_bits else {}
+
+
+def _onnx_itemsize(dtype: int) -> int:
+    from onnx import helper
+
+    return helper.tensor_dtype_to_np_dtype(dtype).itemsize
+
+
+def _tflite_linear_bits(path: Path) -> dict[str, Any]:
+    """Every tensor quantized with more than one scale (the weights): its buffer (int4 packed two per byte)
+    plus its scales (per channel: float32 in the quantization record; per block: a scales tensor of its own),
+    over its number of weights, grouped by bit width."""
+    import numpy as np
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
+
+    model = fb.read_model(Path(path))
+    per_bits: dict[int, list[int]] = {}
+    seen: set[int] = set()
+    for graph in model.subgraphs:
+        for t in graph.tensors:
+            q, data = t.quantization, model.buffers[t.buffer].data
+            if t.buffer in seen or q is None or data is None:
+                continue
+            blocks = getattr(q.details, "scales", None) if q.details is not None else None
+            if blocks is not None:
+                scale_bits = len(model.buffers[graph.tensors[blocks].buffer].data) * 8
+            elif q.scale is not None and len(q.scale) > 1:
+                scale_bits = len(q.scale) * 32
+            else:
+                continue
+            seen.add(t.buffer)
+            n = int(np.prod(t.shape))
+            acc = per_bits.setdefault(round(len(data) * 8 / n), [0, 0])
+            acc[0] += len(data) * 8 + scale_bits
+            acc[1] += n
+    return {"bits_per_weight": {f"int{b}": round(stored / n, 3) for b, (stored, n) in sorted(per_bits.items())},
+            "weights": {f"int{b}": n for b, (_, n) in sorted(per_bits.items())}} if per_bits else {}

@@ -1,0 +1,100 @@
+"""Language-model quantization end to end (issue 12): the tiny trained decoder (tests/conftest.py
+tiny_lm_project) built with ``--quant int4-weight-only`` and ``int8-weight-only`` in each format, each by the
+backend's own tool (torchao for ExecuTorch, MatMulNBits for ONNX Runtime, ai-edge-quantizer for LiteRT),
+validated in its runtime against PyTorch fp32 (perplexity, greedy agreement), with the bits per weight read
+back from the artifact; and the requests the planner refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import edgekit
+from edgekit.cli import cli
+
+pytestmark = pytest.mark.slow
+FORMATS = ("executorch", "onnx", "tflite")
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_lm_project, tmp_path_factory):
+    """quantized(fmt, quant) -> the tiny LM's bundle for pixel8, built once per module."""
+    cache: dict[tuple[str, str], Path] = {}
+    base = tmp_path_factory.mktemp("lm-quant")
+
+    def build(fmt: str, quant: str) -> Path:
+        if (fmt, quant) not in cache:
+            out = base / f"{fmt}-{quant}"
+            result = CliRunner().invoke(cli, ["build", "--device", "pixel8", "--format", fmt, "--quant", quant,
+                                              "--project", str(tiny_lm_project), "--out", str(out)],
+                                        catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            cache[fmt, quant] = out
+        return cache[fmt, quant]
+
+    return build
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int4_in_each_format_keeps_the_model_and_shrinks_its_weights(fmt, quantized, lm_built):
+    bundle = quantized(fmt, "int4-weight-only")
+    m = edgekit.Bundle.open(bundle).manifest.data
+    q = m["model"]["export_details"]["quantization"]
+    assert q["scheme"] == "lm-weights" and q["bits"] == 4 and q["stored_bits"]["file_bytes"] == m["model"]["bytes"]
+    assert q["stored_bits"]["file_bits_per_parameter"] > 0 and q["group_size"] == 32 and q["embedding"] == q["output"] == "int8"
+    assert m["model"]["precision"] == "int4-weight"
+    v, base = m["validation"], m["baseline"]
+    assert v["passed"] and base["precision"] == "fp32" and base["validation"]["passed"]
+    met = v["metrics"]
+    # the tiny model's weights are int4 now: its perplexity moves, but by little (the task's 10% limit holds)
+    assert 0 < abs(met["perplexity_increase"]) <= 0.10 and 0 <= met["greedy_agreement"] <= 1
+    assert met["max_abs_logit_error"] > 0  # it really is another model
+    fp32 = edgekit.Bundle.open(lm_built(fmt)).manifest.data
+    assert m["model"]["bytes"] < 0.6 * fp32["model"]["bytes"], (m["model"]["bytes"], fp32["model"]["bytes"])
+    if fmt == "onnx":  # MatMulNBits: 4 bits + one fp32 scale per 32 weights = 5.0 bits; the output layer 8 + 1
+        assert q["stored_bits"]["bits_per_weight"] == {"int4": 5.0, "int8": 9.0}
+        assert q["accuracy_level"] == 4 and q["matmulnbits_nodes"] == 2 * 7 + 1
+    if fmt == "tflite":  # 4 bits + one fp16 scale per block of 32; the tied table int8 + an fp32 scale per row
+        bits = q["stored_bits"]["bits_per_weight"]
+        assert bits["int4"] == 4.5 and 8.0 < bits["int8"] < 9.0, bits
+    out = edgekit.Bundle.open(bundle).generate("The for statement", max_new_tokens=8, stop_at_eos=False)
+    assert len(out.tokens) == 8 and out.decode_tokens_per_s > 0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_int8_weight_only_is_within_one_percent_of_fp32(fmt, quantized):
+    m = edgekit.Bundle.open(quantized(fmt, "int8-weight-only")).manifest.data
+    met = m["validation"]["metrics"]
+    assert abs(met["perplexity_increase"]) <= 0.01 and met["greedy_agreement"] > 0.5, met
+    q = m["model"]["export_details"]["quantization"]
+    assert q["bits"] == 8 and m["model"]["precision"] == "int8-weight"
+    if fmt == "onnx":  # MatMulNBits 8 bits per block of 32 with an fp32 scale
+        assert q["stored_bits"]["bits_per_weight"] == {"int8": 9.0}
+    if fmt == "tflite":  # per channel: an fp32 scale per output row
+        assert 8.0 < q["stored_bits"]["bits_per_weight"]["int8"] < 9.0
+
+
+def test_bench_of_an_int4_bundle_stores_its_figures(quantized, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_HOME", str(tmp_path))
+    result = CliRunner().invoke(cli, ["bench", str(quantized("executorch", "int4-weight-only")), "--on", "local",
+                                      "--", "--runs", "3", "--min-seconds", "0", "--warmup-seconds", "0"])
+    assert result.exit_code == 0, result.output
+    from edgekit.results.store import ResultsStore
+
+    stored = ResultsStore(tmp_path / "results.db").list_runs()[0].metrics
+    assert stored["decode_tokens_per_s"] > 0 and stored["perplexity"] > 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quant", "int8-qat"], "--quant int8-qat is not built for language models"),
+    (["--format", "tflite", "--quant", "int4-weight-only", "--group-size", "48"], "LiteRT's int4 blocks are 32"),
+    (["--format", "onnx", "--quant", "int4-weight-only", "--group-size", "24"], "power of two"),
+    (["--format", "executorch", "--quant", "int4-weight-only", "--group-size", "48"], "does not divide"),
+])
+def test_impossible_language_model_quantization_is_refused(args, message, tiny_lm_project, tmp_path):
+    result = CliRunner().invoke(cli, ["build", "--device", "pixel8", "--project", str(tiny_lm_project),
+                                      "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert not (tmp_path / "out").exists()
