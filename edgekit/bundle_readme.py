@@ -44,6 +44,17 @@ CACHE_CALLS = {
 }
 
 
+def _lm_quantization(model: dict[str, Any]) -> list[str]:
+    q = model.get("export_details", {}).get("quantization")
+    if not q:
+        return []
+    per = ", ".join(f"{k} {v:g}" for k, v in q["stored_bits"].get("bits_per_weight", {}).items())
+    return ["", f"Quantized with {q['tool']}: linear layers {q['linear_layers']}; output layer {q['output_layer']}; "
+                f"embedding table {q['embedding_table']}. Bits per weight read back from the file: "
+                + (f"{per} (scales included); " if per else "")
+                + f"{q['stored_bits']['file_bits_per_parameter']:g} for the whole file per parameter."]
+
+
 def render_language_model(manifest: dict[str, Any]) -> str:
     """The README of a language-model bundle: the decoding contract of its format and a generation snippet."""
     model, versions, lm = manifest["model"], manifest.get("versions", {}), manifest["language_model"]
@@ -55,10 +66,10 @@ def render_language_model(manifest: dict[str, Any]) -> str:
         f"layers, {c['num_attention_heads']} heads / {c['num_key_value_heads']} KV heads, vocabulary "
         f"{c['vocab_size']:,}) for {model['format']}/{model['backend']}, {model['precision']}, maximum context "
         f"{lm['max_context']} tokens; built by edgekit {versions.get('edgekit', '?')} on {manifest['created_at']}.",
-        "", f"Validated in its runtime against PyTorch: greedy continuation of the prompt {lm['prompt']!r} "
-            f"{met.get('greedy_agreement', 0):.0%} identical over {lm['new_tokens']} tokens; perplexity "
-            f"{met.get('perplexity', float('nan')):.3f} on {met.get('eval_tokens', '?')} eval tokens (PyTorch "
-            f"{lm['reference_perplexity']:.3f}).",
+        "", f"Validated in its runtime against PyTorch fp32: greedy continuation of the prompt {lm['prompt']!r} "
+            f"the same as PyTorch's for the first {met.get('greedy_agreement', 0):.0%} of {lm['new_tokens']} tokens; "
+            f"perplexity {met.get('perplexity', float('nan')):.3f} on {met.get('eval_tokens', '?')} eval tokens "
+            f"(PyTorch {lm['reference_perplexity']:.3f}).", *_lm_quantization(model),
         "", "## Calling it", "", CACHE_CALLS[runtime], "",
         f"Tokens come from `{manifest['tokenizer']['file']}` (Hugging Face `tokenizers`); end-of-text ids: "
         f"{manifest['tokenizer'].get('eos_ids')}.", "",

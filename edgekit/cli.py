@@ -184,13 +184,16 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
                    "float activations (TFLite); int4-weight-only = 4-bit grouped "
                    "linear weights (ExecuTorch/XNNPACK); fp16 = half precision (ONNX); mixed = int8 with the most "
                    "sensitive layers kept float until the accuracy budget is met (see quantize-report); "
-                   "auto = the profile's recommended scheme (`edgekit profiles list`); none = fp32 only.")
+                   "auto = the profile's recommended scheme (`edgekit profiles list`); none = fp32 only. "
+                   "A language model takes int8-weight-only or int4-weight-only (each format's own LLM recipe, "
+                   "embedding and output layer int8: see [language_model.quantize]); auto builds it in fp32.")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=128, show_default=True,
               help="Calibration samples for --quant int8.")
 @click.option("--qat-epochs", type=click.IntRange(min=1), default=3, show_default=True,
               help="Fine-tuning epochs for --quant int8-qat.")
 @click.option("--group-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Input features per scale for --quant int4-weight-only.")
+              help="Input features per scale for --quant int4-weight-only (LiteRT: 32, 64, 128 or 256; ONNX "
+                   "Runtime: a power of two >= 16).")
 @click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER",
               help="--quant mixed: keep this layer (module path, e.g. features.0) in float instead of searching "
                    "(repeatable).")

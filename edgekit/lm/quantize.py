@@ -20,7 +20,6 @@ included), so the manifest reports what was written rather than what was asked f
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any
 

@@ -123,12 +123,34 @@ def test_the_planner_builds_language_models_fp32_on_cpu_paths():
     assert (plan.format, plan.backend, plan.precision) == ("executorch", "xnnpack", "fp32")
     assert plan.stages == ("load", "export", "validate", "bundle") and plan.task == "language-model"
     assert make_plan(load_profile("host-cpu"), "onnx", task="language-model").backend == "cpu"
-    with pytest.raises(PlanError, match="--quant int8 is not built for language models yet"):
-        make_plan(load_profile("pixel8"), task="language-model", quant="int8")
+    with pytest.raises(PlanError, match="--quant int8-qat is not built for language models"):
+        make_plan(load_profile("pixel8"), task="language-model", quant="int8-qat")
     with pytest.raises(PlanError, match="distill stage does not train language models yet"):
         make_plan(load_profile("pixel8"), task="language-model", distill=True)
     with pytest.raises(PlanError, match="a language model builds for executorch/xnnpack, onnx/cpu, tflite/xnnpack"):
         make_plan(load_profile("pixel8"), backend="vulkan", task="language-model")
+
+
+def test_the_planner_quantizes_language_models_with_the_projects_settings():
+    from edgekit.plan import make_plan
+    from edgekit.profiles import load_profile
+    from edgekit.project import LanguageModelSpec
+    from edgekit.quantize.schemes import LMWeights, scheme_from_dict
+
+    spec = LanguageModelSpec(prompt="x", quantize={"accuracy_level": 0, "output": "float"})
+    plan = make_plan(load_profile("host-cpu"), "onnx", task="language-model", quant="int4-weight-only",
+                     group_size=64, language_model=spec)
+    assert plan.stages == ("load", "export", "validate", "quantize", "validate", "bundle")
+    assert plan.precision == "int4-weight" and plan.quant == "int4-weight-only"
+    scheme = scheme_from_dict(plan.quant_scheme)
+    assert scheme == LMWeights(bits=4, group_size=64, embedding="int8", output="float", accuracy_level=0)
+    plan = make_plan(load_profile("pixel8"), task="language-model", quant="int8")  # int8 means weights here
+    assert plan.quant == "int8-weight-only" and plan.precision == "int8-weight"
+    assert any("int8-weight-only" in n for n in plan.notes)
+    with pytest.raises(PlanError, match="LiteRT's int4 blocks are 32, 64, 128 or 256"):
+        make_plan(load_profile("pixel8"), "tflite", task="language-model", quant="int4-weight-only", group_size=16)
+    with pytest.raises(ValueError, match="bits must be 4 or 8"):
+        LMWeights(bits=2)
 
 
 def test_the_task_judges_greedy_agreement_and_perplexity():
