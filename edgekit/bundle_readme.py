@@ -11,13 +11,30 @@ from edgekit_runner.manifest import MethodSpec
 TOKEN_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 SNIPPETS = {
     "onnxruntime": '''import numpy as np, onnxruntime as ort
-session = ort.InferenceSession("{file}", providers=["CPUExecutionProvider"])
+options = ort.SessionOptions()  # exact int8 kernels on x86-64 CPUs without VNNI (the default ones saturate there)
+options.add_session_config_entry("session.x64quantprecision", "1")
+session = ort.InferenceSession("{file}", options, providers=["CPUExecutionProvider"])
 outputs = session.run(None, {{{feeds}}})''',
     "litert": '''import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 interpreter = Interpreter(model_path="{file}")
 runner = interpreter.get_signature_runner()
 outputs = runner({kwargs})''',
+    "litert-int8-io": '''import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+interpreter = Interpreter(model_path="{file}")
+runner = interpreter.get_signature_runner()
+
+
+def quantized(x, d):  # the model takes and gives int8: use each tensor's own scale and zero point
+    (scale, zero), info = d["quantization"], np.iinfo(d["dtype"])
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(d["dtype"])
+
+
+ins, outs = runner.get_input_details(), runner.get_output_details()
+outputs = runner({quantized_kwargs})
+outputs = {{k: (v.astype(np.float32) - outs[k]["quantization"][1]) * outs[k]["quantization"][0]
+           for k, v in outputs.items()}}''',
     "executorch": '''import numpy as np, torch
 from executorch.runtime import Runtime
 method = Runtime.get().load_program("{file}").load_method("forward")
@@ -127,11 +144,15 @@ def render(manifest: dict[str, Any]) -> str:
                      for i in v.get("runtime_io", {}).get("inputs", [])]  # LiteRT's signature names (args_0 ...)
     kwargs = ", ".join(f"{r}={t.name}" for r, t in zip(runtime_names or [t.name for t in method.inputs], method.inputs))
     tensors = ", ".join(f"torch.from_numpy({t.name})" for t in method.inputs)
+    quantized_kwargs = ", ".join(f"{r}=quantized({t.name}, ins[\"{r}\"])" for r, t in
+                                 zip(runtime_names or [t.name for t in method.inputs], method.inputs))
+    snippet = "litert-int8-io" if runtime == "litert" and v.get("runtime", {}).get("io_quantized") else runtime
     lines += ["", f"## Run it ({runtime})", "", "```sh", INSTALL[runtime].format(**{k: versions.get(k, "?") for k in
                                                                                    ("onnxruntime", "ai-edge-litert",
                                                                                     "executorch", "torch")}),
               "```", "", "```python",
-              SNIPPETS[runtime].format(file=model["file"], feeds=feeds, kwargs=kwargs, tensors=tensors), "```", "",
+              SNIPPETS[snippet].format(file=model["file"], feeds=feeds, kwargs=kwargs, tensors=tensors,
+                                       quantized_kwargs=quantized_kwargs), "```", "",
               "Or measure it on the device: `python -m edgekit_runner .` (latency, memory and the task's metrics on "
               "`eval.npz`), and from Python on the host: `edgekit.Bundle.open(\".\").predict({...})`.", ""]
     return "\n".join(lines)

@@ -196,3 +196,27 @@ def test_int8_weight_only_tflite_with_ai_edge_quantizer(built):
     assert q["tool"] == "ai-edge-quantizer weight_only_wi8_afp32" and q["io"] == "float"
     assert v["passed"] and v["accuracy_drop"] <= 1.0 and v["runtime_io"]["inputs"][0]["dtype"] == "float32"
     assert manifest["model"]["bytes"] / manifest["baseline"]["bytes"] <= 0.30
+
+
+@pytest.mark.parametrize("device", ["pixel8", "jetson-orin-nano", "raspberry-pi-5"])
+def test_the_bundle_readme_snippet_runs_the_int8_model_as_validated(device, built):
+    """An app developer's first contact: the README's load-and-run snippet, run as written on every eval
+    input, scores what the build's validation measured. (On an x86 host without VNNI the ONNX snippet needs
+    the exact int8 kernels, session.x64quantprecision, for that; the LiteRT int8 model takes int8 inputs.)"""
+    import re
+    import subprocess
+    import sys
+
+    bundle = built(device, "--quant", "int8")
+    readme = (bundle / "README.md").read_text()
+    snippet = re.search(r"## Run it .*?```python\n(.*?)```", readme, re.S).group(1)
+    code = ("import numpy as np\nd = np.load('eval.npz')\npredicted = []\n"
+            "for i in range(len(d['labels'])):\n    image = d['input.image'][i:i + 1]\n"
+            + "".join("    " + line + "\n" for line in snippet.splitlines())
+            + "    outputs = list(outputs.values()) if isinstance(outputs, dict) else outputs\n"
+            "    predicted.append(int(np.asarray(outputs[0]).argmax()))\n"
+            "print(float(np.mean(np.array(predicted) == d['labels'])))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=bundle, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    validation = json.loads((bundle / "manifest.json").read_text())["validation"]
+    assert float(proc.stdout) == pytest.approx(validation["value"], abs=1e-9), readme

@@ -180,6 +180,11 @@ def _onnxruntime(path: Path, threads: int | None, target: str | None) -> LoadedM
     if threads:
         opts.intra_op_num_threads = threads
     opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")  # which EP ran which node
+    # On x86-64 CPUs with AVX2 or AVX-512 but no VNNI, the CPU EP's default u8s8 int8 kernels add pairs of
+    # products in 16 bits (vpmaddubsw) and saturate: int8 models lose accuracy on those hosts only (digits
+    # int8: 97.8% instead of 99.2%). This option makes ORT use its exact u8u8 kernels there; it has no effect
+    # on VNNI CPUs or on arm64.
+    opts.add_session_config_entry("session.x64quantprecision", "1")
     chain = ort_provider_chain(target)
     sess, reasons = _ort_session(ort, path, opts, chain)
     nodes = _ort_nodes_per_provider(sess)
