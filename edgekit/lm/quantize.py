@@ -135,6 +135,9 @@ def onnx(fp32_path: Path, out_path: Path, scheme: Any, vocab: int) -> dict[str, 
             q.process()
             model = q.model.model
         exclude = [head] if head and scheme.output == "float" else []
+        if scheme.asymmetric:
+            targets = _split_block_offsets(model, scheme.bits, block, set(exclude))
+            exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in targets]
         q = MatMulNBitsQuantizer(model, bits=scheme.bits, block_size=block, is_symmetric=True,
                                  accuracy_level=scheme.accuracy_level, nodes_to_exclude=exclude)
         q.process()
@@ -153,7 +156,11 @@ def onnx(fp32_path: Path, out_path: Path, scheme: Any, vocab: int) -> dict[str, 
     except Exception as e:  # noqa: BLE001
         raise _fail("ONNX Runtime quantization of the language model", e) from e
     return {"tool": "onnxruntime MatMulNBitsQuantizer" + (" + quantize_dynamic (Gather)" if gathers else ""),
-            "linear_layers": f"int{scheme.bits} symmetric per block of {block}, accuracy_level "
+            "linear_layers": f"int{scheme.bits} "
+                             + ("asymmetric (per block from its minimum to its maximum: symmetric MatMulNBits "
+                                "on the weights minus a per-block offset, plus the input's block sums times the "
+                                "offsets, fp16)" if scheme.asymmetric else "symmetric")
+                             + f" per block of {block}, accuracy_level "
                              f"{scheme.accuracy_level} ("
                              + ("float compute)" if scheme.accuracy_level == 0 else "int8 activations per block)"),
             "output_layer": "float" if scheme.output == "float" else
@@ -161,6 +168,56 @@ def onnx(fp32_path: Path, out_path: Path, scheme: Any, vocab: int) -> dict[str, 
             "embedding_table": "int8 per tensor (Gather, then DequantizeLinear)" if gathers and scheme.embedding == "int8"
                          else "float",
             "matmulnbits_nodes": sum(n.op_type == "MatMulNBits" for n in nodes)}
+
+
+def _split_block_offsets(model: Any, bits: int, block: int, skip: set[str]) -> set[str]:
+    """Asymmetric blocks that MatMulNBits' fast symmetric kernels can run (llama.cpp's Q4_1 grid, exactly).
+
+    Per block of ``block`` inputs a weight column spans ``[lo, hi]``; with the step ``d = (hi - lo) / 15`` and
+    the offset ``c = lo + 8 d`` the shifted block ``w - c`` spans ``[-8 d, 7 d]``, the symmetric int4 grid
+    with scale ``d``, which MatMulNBits stores exactly (8 bits: 255 steps, ``c = lo + 128 d``). So ``x @ W = x @ (W - C) + (x @ S) @ C``: ``S`` sums the
+    input per block (ones), ``C [K / block, N]`` holds the offsets (fp16 in the file). Each MatMul with a 2-D
+    weight becomes that pair; returns the names of the ``x @ (W - C)`` nodes, for the quantizer."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    targets, sums, ordered = set(), {}, []
+    for node in list(model.graph.node):
+        w_init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        if node.name in skip or w_init is None or len(w_init.dims) != 2 or w_init.dims[0] % block:
+            ordered.append(node)
+            continue
+        w = numpy_helper.to_array(w_init).astype(np.float32)
+        k, n = w.shape
+        blocks = w.reshape(k // block, block, n)
+        lo, hi = blocks.min(1), blocks.max(1)
+        offset = (lo + 2 ** (bits - 1) * (hi - lo) / (2**bits - 1)).astype(np.float16)  # fp16 offsets, as Q4_1 keeps its minimum
+        shifted = (blocks - offset.astype(np.float32)[:, None, :]).reshape(k, n)
+        name, x, y = node.name or node.output[0], node.input[0], node.output[0]
+        model.graph.initializer.extend([numpy_helper.from_array(shifted, f"{w_init.name}_minus_block_offset"),
+                                        numpy_helper.from_array(offset, f"{w_init.name}_block_offset")])
+        if (x, k) not in sums:
+            if f"block_sum_ones_{k}" not in inits:  # one [K, K/block] matrix of ones per input width
+                ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
+                inits[f"block_sum_ones_{k}"] = numpy_helper.from_array(ones, f"block_sum_ones_{k}")
+                model.graph.initializer.append(inits[f"block_sum_ones_{k}"])
+            sums[x, k] = f"{x}_block_sums_{k}"
+            ordered.append(helper.make_node("MatMul", [x, f"block_sum_ones_{k}"], [sums[x, k]],
+                                            name=f"{x}_block_sum_{k}"))
+        node.input[1], node.output[0] = f"{w_init.name}_minus_block_offset", f"{y}_shifted"
+        ordered += [node, helper.make_node("Cast", [f"{w_init.name}_block_offset"], [f"{name}_offsets"],
+                                       name=f"{name}_offsets", to=TensorProto.FLOAT),
+                      helper.make_node("MatMul", [sums[x, k], f"{name}_offsets"], [f"{y}_offset"],
+                                       name=f"{name}_offset"),
+                      helper.make_node("Add", [f"{y}_shifted", f"{y}_offset"], [y], name=f"{name}_add_offset")]
+        targets.add(node.name)
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)  # in order: each pair where its MatMul was
+    used = {i for nd in model.graph.node for i in nd.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
+    return targets
 
 
 def _gather_then_dequantize(model: Any) -> Any:
@@ -256,6 +313,21 @@ def _onnx_linear_bits(path: Path) -> dict[str, Any]:
 
     model = onnx_lib.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def offsets(node: Any) -> list[str]:
+        """The per-block offsets an asymmetric layer adds to this MatMulNBits (see _split_block_offsets)."""
+        for add in (a for a in consumers.get(node.output[0], []) if a.op_type == "Add"):
+            mm = next((producer.get(i) for i in add.input if i != node.output[0]), None)
+            cast = producer.get(mm.input[1]) if mm is not None and mm.op_type == "MatMul" else None
+            if cast is not None and cast.op_type == "Cast" and cast.input[0].endswith("_block_offset"):
+                return [cast.input[0]]
+        return []
+
     per_bits: dict[int, list[int]] = {}  # weight bits -> [stored bits, weights]
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
@@ -263,7 +335,7 @@ def _onnx_linear_bits(path: Path) -> dict[str, Any]:
         attrs = {a.name: a.i for a in node.attribute}
         acc = per_bits.setdefault(attrs["bits"], [0, 0])
         acc[1] += attrs["K"] * attrs["N"]
-        for name in node.input[1:]:
+        for name in [*node.input[1:], *offsets(node)]:
             if name in inits:
                 acc[0] += int(np.prod(inits[name].dims)) * _onnx_itemsize(inits[name].data_type) * 8
     return {"bits_per_weight": {f"int{b}": round(stored / n, 3) for b, (stored, n) in sorted(per_bits.items())},

@@ -123,7 +123,8 @@ class LMWeights(_Scheme):
     Runtime), the embedding table and the output layer int8 (as production LLM recipes ship them) or float.
     ``accuracy_level``: ONNX Runtime's MatMulNBits compute (0 float, 4 int8 activations per block: faster, and
     known to flip greedy tokens on some models). ``hqq``: ExecuTorch's int4 scales by half-quadratic
-    optimisation instead of min/max."""
+    optimisation instead of min/max. ``asymmetric``: ONNX Runtime's linear layers per block from their minimum
+    to their maximum (llama.cpp's Q4_1 grid) instead of symmetric."""
 
     name: ClassVar[str] = "lm-weights"
     bits: int = 4
@@ -132,6 +133,7 @@ class LMWeights(_Scheme):
     output: str = "int8"
     accuracy_level: int = 4
     hqq: bool = False
+    asymmetric: bool = False
     calib_samples: int = 0
 
     @property

@@ -63,6 +63,34 @@ def test_int4_in_each_format_keeps_the_model_and_shrinks_its_weights(fmt, quanti
     assert len(out.tokens) == 8 and out.decode_tokens_per_s > 0
 
 
+def test_onnx_asymmetric_int4_runs_the_block_offsets_and_is_no_worse(tiny_lm_project, quantized, tmp_path):
+    """[language_model.quantize] asymmetric = true (ONNX Runtime): each block from its minimum to its maximum,
+    as symmetric MatMulNBits plus per-block offsets (tests/integration/test_lm_quant_grid.py shows it keeps a
+    Q4_1 grid exactly); here the build, its validation and the bits it stores."""
+    import shutil
+
+    import onnx
+
+    project = Path(shutil.copytree(tiny_lm_project, tmp_path / "project"))
+    (project / "edgekit.toml").write_text((project / "edgekit.toml").read_text()
+                                          + "\n[language_model.quantize]\nasymmetric = true\n")
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(cli, ["build", "--device", "host-cpu", "--format", "onnx", "--quant",
+                                      "int4-weight-only", "--project", str(project), "--out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    m = edgekit.Bundle.open(out).manifest.data
+    q = m["model"]["export_details"]["quantization"]
+    assert q["asymmetric"] is True and "asymmetric" in q["linear_layers"] and m["validation"]["passed"]
+    assert q["stored_bits"]["bits_per_weight"] == {"int4": 5.5, "int8": 9.0}  # + an fp16 offset per 32 weights
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 2 * 7 + 1
+    assert sum(n.op_type == "Add" and n.name.endswith("_add_offset") for n in graph.node) == 2 * 7
+    symmetric = edgekit.Bundle.open(quantized("onnx", "int4-weight-only")).manifest.data["validation"]["metrics"]
+    asym = m["validation"]["metrics"]
+    assert abs(asym["perplexity_increase"]) <= abs(symmetric["perplexity_increase"]), (asym, symmetric)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_int8_weight_only_is_within_one_percent_of_fp32(fmt, quantized):
     m = edgekit.Bundle.open(quantized(fmt, "int8-weight-only")).manifest.data

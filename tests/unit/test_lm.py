@@ -151,6 +151,16 @@ def test_the_planner_quantizes_language_models_with_the_projects_settings():
         make_plan(load_profile("pixel8"), "tflite", task="language-model", quant="int4-weight-only", group_size=16)
     with pytest.raises(ValueError, match="bits must be 4 or 8"):
         LMWeights(bits=2)
+    asymmetric = LanguageModelSpec(prompt="x", quantize={"asymmetric": True})
+    plan = make_plan(load_profile("host-cpu"), "onnx", task="language-model", quant="int4-weight-only",
+                     language_model=asymmetric)
+    assert scheme_from_dict(plan.quant_scheme).asymmetric is True
+    plan = make_plan(load_profile("pixel8"), task="language-model", quant="int4-weight-only", language_model=asymmetric)
+    assert scheme_from_dict(plan.quant_scheme).asymmetric is False  # one project file serves every format
+    assert any("asymmetric applies to ONNX Runtime; executorch's int4 weights are symmetric" in n for n in plan.notes)
+    plan = make_plan(load_profile("host-cpu"), "onnx", task="language-model", quant="int4-weight-only",
+                     language_model=LanguageModelSpec(prompt="x", quantize={"hqq": True}))
+    assert scheme_from_dict(plan.quant_scheme).hqq is False and any("hqq applies to ExecuTorch" in n for n in plan.notes)
 
 
 def test_the_task_judges_greedy_agreement_and_perplexity():
