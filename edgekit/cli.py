@@ -281,6 +281,11 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
                   f"of {d['epochs_run']}; against the teacher on the eval split: cosine {s['cosine_mean']:.4f} mean / "
                   f"{s['cosine_min']:.4f} min, retrieval agreement {s['retrieval_agreement']:.1%} (before training "
                   f"{i['cosine_mean']:.4f}, {i['retrieval_agreement']:.1%})")
+    elif d and d.get("task") == "language-model":
+        con.print(f"  distilled: token-level {d['method']} KD T={d['temperature']:g} α={d['alpha']:g} on the "
+                  f"teacher's top {d['top_k'] or 'all'} logits, best epoch {d['best_epoch']} of {d['epochs_run']}; "
+                  f"eval perplexity: teacher {d['teacher_perplexity']:.2f}, student {d['original_student_perplexity']:.2f} (model "
+                  f"entry) -> {d['student_perplexity']:.2f} (distilled)")
     elif d:
         con.print(f"  distilled: {d['method']} T={d['temperature']:g} α={d['alpha']:g}, best epoch "
                   f"{d['best_epoch']} of {d['epochs_run']}; teacher {d['teacher_accuracy']:.2%}, student "

@@ -211,8 +211,8 @@ def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str |
         raise PlanError(f"--quant {quant} is not built for language models; use --quant none, int8-weight-only or "
                         "int4-weight-only")
     if distill:
-        raise PlanError("the distill stage does not train language models yet; distil with examples/tiny_lm/train.py "
-                        "(token-level KD) and build the result with --no-distill")
+        notes.append("distill: a student trained from the [teacher] with token-level KD on its top-k next-token "
+                     "logits (edgekit.lm.distill); the best epoch chosen by calib perplexity")
     options = [(f, b) for f, b, _ in valid_paths(profile) if b in FORMATS.get(f, ())]
     chosen = [(f, b) for f, b in options if (fmt is None or f == fmt) and (backend is None or b == backend)]
     default = (profile.default.format, profile.default.backend)
@@ -250,6 +250,7 @@ def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str |
         backend_description=spec.description, runtime=EXPORTERS[fmt].runtime, runtime_target=spec.runtime_target,
         precision=scheme.precision if scheme else "fp32", quant=quant,
         quant_scheme=scheme.to_dict() if scheme else None, profile_default_quant=profile.default.quant,
-        validation="target-runtime", host_twin="", atol=None, max_accuracy_drop=None, distill=False,
+        validation="target-runtime", host_twin="", atol=None, max_accuracy_drop=None, distill=distill,
         task="language-model", notes=tuple(notes),
-        stages=("load", "export", "validate", *(("quantize", "validate") if scheme else ()), "bundle"))
+        stages=("load", *(("distill",) if distill else ()), "export", "validate",
+                *(("quantize", "validate") if scheme else ()), "bundle"))

@@ -22,6 +22,16 @@ out of the hard-label term only, so unlabeled samples or tokens in a batch still
 teacher (semi-supervised transfer data). Each term is averaged over its own counted positions; a term
 with no position counted is 0.
 
+Top-k teacher (language models): a vocabulary of 49k logits per token does not fit in memory for a corpus,
+so the teacher's logits can be kept as its ``k`` largest per token (:class:`TopKLogits`: values, vocabulary
+indices and, per token, ``logsumexp(z_t / T)`` over the whole vocabulary). The soft term is then the KL over
+``k + 1`` outcomes (:func:`soft_kl_topk`): each of the teacher's top ``k`` tokens with its exact probability,
+and "any other token" with the rest of the teacher's mass, against the student's probabilities of the same
+``k`` tokens and of the rest. Nothing is renormalised: at T = 2 a small model's top 64 of 2,048 tokens can
+hold a quarter of its mass only, and renormalising over them would teach a much sharper distribution than
+the teacher's. With ``k`` = the vocabulary it is exactly the full KL. Without the per-token normaliser
+(``log_norm=None``) the teacher is renormalised over its top ``k``, the common shortcut.
+
 Registered: ``hinton`` (:class:`HintonKD`), ``soft`` (:class:`SoftKD`, alpha = 1, no labels needed:
 for unlabeled transfer data), ``ce`` (:class:`CrossEntropy`, the student-alone baseline); for embeddings
 ``[B, D]`` (no labels, no temperature): ``cosine`` (:class:`CosineEmbedding`, ``1 - cos(e_s, e_t)``) and
@@ -36,13 +46,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from edgekit.distill import DistillError
 
 
+class TopKLogits(NamedTuple):
+    """A teacher's ``k`` largest logits per position and their class (vocabulary) indices, ``[..., k]`` each;
+    ``log_norm [...]``: ``logsumexp(logits / temperature)`` over every class, at that ``temperature``."""
+
+    values: Any
+    indices: Any
+    log_norm: Any = None
+    temperature: float | None = None
+
+
 def check_logits(student: Any, teacher: Any) -> None:
     """Refuse a teacher/student pair whose outputs cannot be compared, naming both shapes."""
+    if isinstance(teacher, TopKLogits):
+        s, t = tuple(student.shape), tuple(teacher.values.shape)
+        if s[:-1] != t[:-1] or tuple(teacher.indices.shape) != t:
+            raise DistillError(f"teacher top-k logits {list(t)} (indices {list(teacher.indices.shape)}) and student "
+                               f"logits {list(s)} differ in their positions; they must be computed on the same batch")
+        if int(teacher.indices.max()) >= s[-1] or int(teacher.indices.min()) < 0:
+            raise DistillError(f"teacher top-k indices go up to {int(teacher.indices.max())} but the student has "
+                               f"{s[-1]} classes; distill into a student with the teacher's vocabulary")
+        return
     s, t = tuple(student.shape), tuple(teacher.shape)
     if s[-1] != t[-1]:
         raise DistillError(f"the teacher outputs {t[-1]} classes but the student {s[-1]} (shapes {list(t)} and "
@@ -88,6 +117,31 @@ def soft_kl(student: Any, teacher: Any, temperature: float, keep: Any) -> Any:
     return _mean_over(kl, keep)
 
 
+def soft_kl_topk(student: Any, teacher: TopKLogits, temperature: float, keep: Any) -> Any:
+    """``KL(p_t^T || p_s^T)`` over the teacher's top ``k`` classes plus one outcome for all the others (with
+    ``teacher.log_norm``), or over the top ``k`` renormalised (without); averaged over kept positions (no
+    ``T^2``)."""
+    import torch
+    import torch.nn.functional as F
+
+    log_ps = F.log_softmax(student / temperature, dim=-1).gather(-1, teacher.indices.long())
+    values = teacher.values.detach().to(student.dtype) / temperature
+    if teacher.log_norm is None:
+        log_pt = F.log_softmax(values, dim=-1)
+        return _mean_over((log_pt.exp() * (log_pt - log_ps)).sum(-1), keep)
+    if teacher.temperature is None or not math.isclose(teacher.temperature, temperature, rel_tol=1e-9):
+        raise DistillError(f"the teacher's top-k logits were normalised at temperature {teacher.temperature}, "
+                           f"the loss is at {temperature}; compute them again at the loss's temperature")
+    log_pt = values - teacher.log_norm.detach().to(student.dtype).unsqueeze(-1)
+    pt = log_pt.exp()
+    kl = (pt * (log_pt - log_ps)).sum(-1)
+    tiny = torch.finfo(student.dtype).tiny
+    pt_rest = (1 - pt.sum(-1)).clamp(min=0)
+    ps_rest = (1 - log_ps.exp().sum(-1)).clamp(min=tiny)
+    kl = kl + pt_rest * (pt_rest.clamp(min=tiny).log() - ps_rest.log())
+    return _mean_over(kl, keep)
+
+
 def hard_ce(student: Any, labels: Any, keep: Any) -> Any:
     """Cross-entropy with the labels, averaged over kept positions."""
     import torch.nn.functional as F
@@ -107,7 +161,8 @@ class _Loss:
 @dataclass(frozen=True)
 class HintonKD(_Loss):
     """``alpha * T^2 * KL(p_t^T || p_s^T) + (1 - alpha) * CE(y, z_s)`` (see the module docstring).
-    ``alpha = 1`` needs no labels; ``alpha = 0`` is exactly the cross-entropy."""
+    ``alpha = 1`` needs no labels; ``alpha = 0`` is exactly the cross-entropy. ``teacher`` is the teacher's
+    logits or its :class:`TopKLogits`."""
 
     name: ClassVar[str] = "hinton"
     temperature: float = 4.0
@@ -133,7 +188,8 @@ class HintonKD(_Loss):
         if self.alpha > 0:
             if teacher is None:
                 raise DistillError("the soft-label term (alpha > 0) needs teacher logits")
-            loss = self.alpha * self.temperature ** 2 * soft_kl(student, teacher, self.temperature, keep)
+            kl = soft_kl_topk if isinstance(teacher, TopKLogits) else soft_kl
+            loss = self.alpha * self.temperature ** 2 * kl(student, teacher, self.temperature, keep)
         if self.alpha < 1:
             hard = (1 - self.alpha) * hard_ce(student, labels, _labelled(keep, labels, self.ignore_index))
             loss = hard if loss is None else loss + hard

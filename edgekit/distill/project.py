@@ -72,6 +72,10 @@ def distill_project(project: Any, settings: DistillSpec, out_dir: Path | None = 
 
     settings.check()
     check_task(project, settings)
+    if project.task.kind == "language-model":
+        raise DistillError("a language-model project distils in `edgekit build` (its distill stage: token-level KD "
+                           "from the [teacher], edgekit.lm.distill); `edgekit distill` trains classifiers and "
+                           "embedding models")
     seed = project.seed if seed is None else seed
     say = on_stage or (lambda name, detail: None)
     if splits is None:
@@ -107,6 +111,14 @@ def check_task(project: Any, settings: DistillSpec) -> None:
     if project.teacher is None:
         raise DistillError(f"{project.file} declares no teacher; add [teacher] entry = \"file.py:function\" "
                            "(a function returning the trained teacher) or hf = \"MODEL_FOLDER\" to distill")
+    if kind == "language-model":
+        if settings.method != "hinton":
+            raise DistillError(f"[distill] method {settings.method!r}: a language model distils with method = "
+                               "\"hinton\" (token-level KD on the teacher's next-token distributions)")
+        if settings.hints or settings.student_layers is not None:
+            raise DistillError("[distill] hints and student_layers are not used for language models; the student is "
+                               "[distill] student or the [model]'s architecture, trained fresh")
+        return
     if settings.embedding and kind != "embedding":
         raise DistillError(f"[distill] method {settings.method!r} matches embeddings; a {kind} project distils with "
                            "hinton, fitnet or fitnet+hinton")

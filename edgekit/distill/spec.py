@@ -37,6 +37,8 @@ class DistillSpec(BaseModel):
     hint_epochs: int | None = Field(default=None, ge=1)
     hint_schedule: Literal["two-stage", "joint"] = "two-stage"
     cache_teacher: bool = False
+    top_k: int | None = Field(default=64, ge=1, description="language models: the teacher's largest logits kept per "
+                              "token (None: all, computed on every batch)")
 
     @model_validator(mode="after")
     def _fitnet_needs_hints(self) -> Self:
@@ -71,5 +73,5 @@ class DistillSpec(BaseModel):
 
     def distill_kwargs(self) -> dict[str, Any]:
         """These settings as keyword arguments of :func:`edgekit.distill.api.distill`."""
-        return {**self.model_dump(exclude={"student", "student_layers", "hints"}), "lr": self.learning_rate,
+        return {**self.model_dump(exclude={"student", "student_layers", "hints", "top_k"}), "lr": self.learning_rate,
                 "hints": [f"{t}={s}" for t, s in self.hints.items()]}

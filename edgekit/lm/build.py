@@ -1,4 +1,5 @@
-"""The build stages of a ``language-model`` project: load -> export -> validate -> bundle.
+"""The build stages of a ``language-model`` project: load [-> distill] -> export -> validate [-> quantize ->
+validate] -> bundle.
 
 The same :class:`edgekit.pipeline.Build` record and stage names as every build; what differs is what a
 stage does. The reference is not the model's outputs on the eval split (a vocabulary of logits per token
@@ -74,17 +75,41 @@ def load_stage(b: Any) -> None:
     if len(prompt) + spec.new_tokens > max_context:
         raise ProjectError(f"the prompt ({len(prompt)} tokens) and new_tokens = {spec.new_tokens} do not fit "
                            f"max_context = {max_context}; shorten the prompt or raise max_context")
-    windows = b.splits["eval"].x[: spec.eval_windows]
-    b.say("load", f"PyTorch reference: greedy continuation ({spec.new_tokens} tokens), perplexity on "
-                  f"{len(windows)} eval windows")
-    greedy = reference_greedy(b.model, prompt, spec.new_tokens)
     b.language_model = {
-        "max_context": max_context, "prompt": spec.prompt, "prompt_ids": prompt, "greedy": greedy,
-        "windows": windows, "tokenizer_path": tok_path,
-        "reference_perplexity": reference_perplexity(b.model, windows),
+        "max_context": max_context, "prompt": spec.prompt, "prompt_ids": prompt,
+        "windows": b.splits["eval"].x[: spec.eval_windows], "tokenizer_path": tok_path,
         "prefill_lengths": sorted({min(n, window - 1, max_context - 1) for n in spec.prefill_lengths}),
     }
-    b.reference = [np.asarray([greedy], np.int64)]
+    if "distill" not in b.plan.stages:  # else the reference is the distilled student's, made by that stage
+        set_reference(b, "load")
+
+
+def set_reference(b: Any, stage: str) -> None:
+    """PyTorch's greedy continuation of the prompt and perplexity on the eval windows: what the export must
+    reproduce."""
+    from edgekit.lm.distill import perplexity
+
+    lm, n = b.language_model, settings(b).new_tokens
+    b.say(stage, f"PyTorch reference: greedy continuation ({n} tokens), perplexity on {len(lm['windows'])} eval "
+                 "windows")
+    lm["greedy"] = reference_greedy(b.model, lm["prompt_ids"], n)
+    lm["reference_perplexity"] = perplexity(b.model, lm["windows"])
+    b.reference = [np.asarray([lm["greedy"]], np.int64)]
+
+
+def distill_stage(b: Any) -> None:
+    """A student trained with token-level KD from the project's teacher (:mod:`edgekit.lm.distill`) replaces the
+    model; a warning says so when it is worse, by eval perplexity, than the [model] as loaded."""
+    from edgekit.lm.distill import distill_for_build
+
+    b.say("distill", f"teacher {b.project.teacher.source}")
+    b.model, b.teacher, d = distill_for_build(b.project, b.splits, b.model, lambda msg: b.say("distill", msg))
+    b.distilled = d
+    if d["student_perplexity"] > d["original_student_perplexity"]:
+        b.warnings.append(f"the distilled student (eval perplexity {d['student_perplexity']:.2f}) is worse than the "
+                          f"project's model entry ({d['original_student_perplexity']:.2f}); build with --no-distill "
+                          "to ship the model entry's network")
+    set_reference(b, "distill")
 
 
 def reference_greedy(model: Any, prompt: list[int], n: int) -> list[int]:
@@ -96,21 +121,6 @@ def reference_greedy(model: Any, prompt: list[int], n: int) -> list[int]:
         for _ in range(n):
             seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
     return seq[len(prompt):]
-
-
-def reference_perplexity(model: Any, windows: np.ndarray) -> float:
-    import torch
-    from torch.nn import functional as F
-
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(windows), 4):  # 4 windows of logits at a time: a 49k vocabulary is large
-            w = torch.from_numpy(windows[i:i + 4])
-            logits = model(w[:, :-1]).double()
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
-                                     reduction="sum").item()
-            count += w[:, 1:].numel()
-    return float(np.exp(total / count))
 
 
 def export_stage(b: Any) -> None:
@@ -236,5 +246,5 @@ def bundle_stage(b: Any) -> None:
     b.manifest = manifest
 
 
-STAGES = {"load": load_stage, "export": export_stage, "validate": validate_stage, "quantize": quantize_stage,
-          "bundle": bundle_stage}
+STAGES = {"load": load_stage, "distill": distill_stage, "export": export_stage, "validate": validate_stage,
+          "quantize": quantize_stage, "bundle": bundle_stage}

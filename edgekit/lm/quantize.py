@@ -20,6 +20,7 @@ included), so the manifest reports what was written rather than what was asked f
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,9 @@ def onnx(fp32_path: Path, out_path: Path, scheme: Any, vocab: int) -> dict[str, 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     from edgekit.fsutil import write_atomic
+
+    # importing the quantizer runs logging.basicConfig(level=INFO): a line per graph node would follow
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 
     block = scheme.group_size if scheme.bits == 4 else 32
     try:

@@ -91,6 +91,71 @@ def test_onnx_asymmetric_int4_runs_the_block_offsets_and_is_no_worse(tiny_lm_pro
     assert abs(asym["perplexity_increase"]) <= abs(symmetric["perplexity_increase"]), (asym, symmetric)
 
 
+def test_distil_then_int4_ships_the_kd_student_quantized(tiny_lm_project, lm_built, tmp_path, monkeypatch):
+    """A [teacher] makes the build distil first (token-level KD on the teacher's top-k logits, the best epoch
+    by calib perplexity), then quantize the distilled student to int4 and validate it against the student's
+    own PyTorch reference. The teacher here is the project's own trained model, so the record's teacher and
+    model-entry perplexities must be the same number; the short KD run is worse than both and says so."""
+    import shutil
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+    project = Path(shutil.copytree(tiny_lm_project, tmp_path / "project"))
+    (project / "edgekit.toml").write_text((project / "edgekit.toml").read_text() + """
+[teacher]
+entry = "model.py:tiny"
+
+[distill]
+epochs = 3
+batch_size = 16
+temperature = 2.0
+alpha = 0.5
+top_k = 16
+""")
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(cli, ["build", "--device", "host-cpu", "--format", "onnx", "--quant",
+                                      "int4-weight-only", "--project", str(project), "--out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "distilled: token-level hinton KD T=2 α=0.5 on the teacher's top 16 logits" in " ".join(result.output.split())
+    m = edgekit.Bundle.open(out).manifest.data
+    d = m["distill"]
+    assert d["task"] == "language-model" and d["top_k"] == 16 and d["best_epoch_chosen_on"] == "calib"
+    assert d["teacher_perplexity"] == pytest.approx(d["original_student_perplexity"], rel=1e-9)
+    assert 0 < d["teacher_top_k_mass"] < 1 and 1 <= d["best_epoch"] <= 3
+    assert d["teacher_perplexity"] < d["student_perplexity"] < 1000  # learnt the text (untrained: ~2,000)
+    assert any("distilled student (eval perplexity" in w for w in m["warnings"])
+    assert m["plan"]["stages"] == ["load", "distill", "export", "validate", "quantize", "validate", "bundle"]
+    # what ships is the distilled student, int4: its reference is not the model entry's
+    assert m["model"]["precision"] == "int4-weight" and m["validation"]["passed"]
+    fp32_entry = edgekit.Bundle.open(lm_built("onnx")).manifest.data["language_model"]["reference_perplexity"]
+    assert m["language_model"]["reference_perplexity"] > 1.05 * fp32_entry
+    assert len(list((tmp_path / "cache" / "lm-teacher-top-k").glob("*.npz"))) == 1
+
+
+@pytest.mark.parametrize("table,extra,message", [
+    ('[distill]\nmethod = "cosine"\n', "", "method 'cosine': a language model distils with method = \"hinton\""),
+    ("[distill]\ntop_k = 0\n", "", "top_k"),
+    ("", "\n\ndef other_vocabulary():\n    from edgekit.lm.model import Decoder, DecoderConfig\n"
+         "    return Decoder(DecoderConfig(vocab_size=1024, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,"
+         " num_key_value_heads=1, intermediate_size=32, max_position_embeddings=128))\n",
+     "the teacher's vocabulary (1024) is not the student's (2048); token-level KD needs the same tokenizer"),
+], ids=["embedding-loss", "top-k-zero", "other-vocabulary"])
+def test_a_distillation_that_cannot_work_for_a_language_model_is_refused(table, extra, message, tiny_lm_project,
+                                                                         tmp_path):
+    import shutil
+
+    project = Path(shutil.copytree(tiny_lm_project, tmp_path / "project"))
+    teacher = "other_vocabulary" if extra else "tiny"
+    (project / "edgekit.toml").write_text((project / "edgekit.toml").read_text()
+                                          + f'\n[teacher]\nentry = "model.py:{teacher}"\n' + table)
+    (project / "model.py").write_text((project / "model.py").read_text() + extra)
+    result = CliRunner().invoke(cli, ["build", "--device", "host-cpu", "--format", "onnx", "--project", str(project),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_int8_weight_only_is_within_one_percent_of_fp32(fmt, quantized):
     m = edgekit.Bundle.open(quantized(fmt, "int8-weight-only")).manifest.data

@@ -121,3 +121,23 @@ def test_token_level_kd_pulls_the_student_towards_the_teacher():
     student, _ = train.train(TINY, splits, epochs=2, lr=1e-2, batch_size=16, seed=2, say=lambda _: None,
                              teacher=teacher, alpha=1.0)
     assert kl_to_teacher(student) < before / 2
+
+
+def test_the_example_project_loads_its_models_by_path_alone(tmp_path, monkeypatch):
+    """edgekit loads examples/tiny_lm/model.py by its path, with nothing of the folder importable by name (as in
+    `edgekit build --project examples/tiny_lm`): the student and the teacher come from the cache."""
+    from edgekit.project import load_model, load_project
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(FOLDER)])
+    for n in NAMES:
+        monkeypatch.delitem(sys.modules, n, raising=False)
+    torch.manual_seed(0)
+    for name, config in (("student", lm.STUDENT), ("teacher", lm.TEACHER)):
+        model = Decoder(config).eval()
+        train.save(model, lm.weights_path(name), {"eval_perplexity": 1.0})
+        project = load_project(FOLDER)
+        loaded = load_model(project, project.model if name == "student" else project.teacher, name)
+        x = torch.randint(0, config.vocab_size, (1, 8))
+        with torch.no_grad():
+            assert torch.equal(loaded(x), model(x))

@@ -13,7 +13,7 @@ from torch import nn
 
 from edgekit.distill import DistillError
 from edgekit.distill.hints import FeatureTap, Hint, HintLoss, HintRegressor, find_module, parameters_up_to
-from edgekit.distill.losses import LOSSES, CrossEntropy, HintonKD, SoftKD, make_loss, soft_kl
+from edgekit.distill.losses import LOSSES, CrossEntropy, HintonKD, SoftKD, TopKLogits, make_loss, soft_kl
 
 GOLDEN = json.loads((Path(__file__).parents[1] / "fixtures" / "kd_golden.json").read_text())
 
@@ -117,6 +117,50 @@ def test_no_counted_position_gives_zero_loss_with_a_graph():
     value = HintonKD(2.0, 0.5)(zs, torch.randn(2, 3, 4), torch.full((2, 3), -100), torch.zeros(2, 3, dtype=torch.bool))
     value.backward()
     assert value.item() == 0.0 and not zs.grad.any()
+
+
+def test_top_k_over_the_whole_vocabulary_is_the_full_kd_loss():
+    zs, zt = torch.randn(2, 5, 40, dtype=torch.float64), 3 * torch.randn(2, 5, 40, dtype=torch.float64)
+    labels, mask = torch.randint(0, 40, (2, 5)), torch.rand(2, 5) > 0.3
+    full = torch.topk(zt, 40)
+    for t, a in ((1.0, 0.5), (4.0, 1.0)):
+        expected = HintonKD(t, a)(zs.requires_grad_(), zt, labels, mask)
+        (expected_grad,) = torch.autograd.grad(expected, zs)
+        for top in (TopKLogits(full.values, full.indices.int(), torch.logsumexp(zt / t, -1), t),
+                    TopKLogits(full.values, full.indices.int())):  # with the rest bucket (empty) and renormalised
+            value = HintonKD(t, a)(zs, top, labels, mask)
+            assert value.item() == pytest.approx(expected.item(), rel=1e-10)
+            np.testing.assert_allclose(torch.autograd.grad(value, zs)[0].numpy(), expected_grad.numpy(), rtol=1e-7,
+                                       atol=1e-12)
+
+
+def test_top_k_keeps_the_teachers_probabilities_and_the_rest_as_one_outcome():
+    zs = torch.tensor([[0.0, 1.0, 2.0, 3.0]], dtype=torch.float64)
+    zt = torch.tensor([[5.0, 4.0, 1.0, 0.5]], dtype=torch.float64)  # the teacher's top 2: classes 0 and 1
+    top = torch.topk(zt, 2)
+    pt, ps = torch.softmax(zt / 2, -1), torch.softmax(zs / 2, -1)
+    # k + 1 outcomes: class 0, class 1, and "2 or 3", each with its exact probability
+    p, q = torch.cat([pt[:, :2], pt[:, 2:].sum(-1, keepdim=True)], -1), torch.cat(
+        [ps[:, :2], ps[:, 2:].sum(-1, keepdim=True)], -1)
+    expected = (p * (p.log() - q.log())).sum()
+    with_rest = TopKLogits(top.values, top.indices, torch.logsumexp(zt / 2, -1), 2.0)
+    assert SoftKD(2.0)(zs, with_rest).item() == pytest.approx(4 * expected.item(), rel=1e-12)
+    # without the normaliser: the teacher renormalised over its top 2 (the common shortcut)
+    r = torch.softmax(top.values / 2, -1)
+    shortcut = (r * (r.log() - torch.log_softmax(zs / 2, -1)[:, :2])).sum()
+    assert SoftKD(2.0)(zs, TopKLogits(top.values, top.indices)).item() == pytest.approx(4 * shortcut.item(), rel=1e-12)
+    with pytest.raises(DistillError, match="normalised at temperature 2.0, the loss is at 1.0"):
+        SoftKD(1.0)(zs, with_rest)
+
+
+def test_top_k_teacher_for_other_positions_or_a_larger_vocabulary_is_refused():
+    zs = torch.randn(2, 3, 10)
+    top = torch.topk(torch.randn(2, 4, 10), 5)
+    with pytest.raises(DistillError, match="differ in their positions"):
+        HintonKD()(zs, TopKLogits(top.values, top.indices), torch.zeros(2, 3, dtype=torch.long))
+    top = torch.topk(torch.randn(2, 3, 12), 5)
+    with pytest.raises(DistillError, match="indices go up to 1[01] but the student has 10 classes"):
+        HintonKD(alpha=1.0)(zs, TopKLogits(top.values, torch.full_like(top.indices, 11)))
 
 
 @pytest.mark.parametrize("kwargs,message", [

@@ -125,8 +125,8 @@ def test_the_planner_builds_language_models_fp32_on_cpu_paths():
     assert make_plan(load_profile("host-cpu"), "onnx", task="language-model").backend == "cpu"
     with pytest.raises(PlanError, match="--quant int8-qat is not built for language models"):
         make_plan(load_profile("pixel8"), task="language-model", quant="int8-qat")
-    with pytest.raises(PlanError, match="distill stage does not train language models yet"):
-        make_plan(load_profile("pixel8"), task="language-model", distill=True)
+    kd = make_plan(load_profile("pixel8"), task="language-model", quant="int4-weight-only", distill=True)
+    assert kd.distill and kd.stages == ("load", "distill", "export", "validate", "quantize", "validate", "bundle")
     with pytest.raises(PlanError, match="a language model builds for executorch/xnnpack, onnx/cpu, tflite/xnnpack"):
         make_plan(load_profile("pixel8"), backend="vulkan", task="language-model")
 
@@ -191,3 +191,46 @@ def test_the_runner_refuses_more_tokens_than_the_context():
         s.reset() or s.feed(list(range(12)))
     with pytest.raises(lm.ContextFull, match="a prompt of 10 tokens leaves no room"):
         lm.generate(s, list(range(10)), 4)
+
+
+def test_the_teachers_top_k_logits_are_computed_once_and_cached(tmp_path, monkeypatch):
+    """edgekit.lm.distill keeps the teacher's k largest logits per token (fp16 values, int32 indices), on disk
+    keyed by the teacher's weights, the windows and k: a second call does not run the teacher."""
+    from edgekit.distill import DistillError
+    from edgekit.lm.distill import teacher_top_k, top_k_mass
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    teacher = Decoder(DecoderConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                    num_key_value_heads=1, intermediate_size=32, max_position_embeddings=32)).eval()
+    windows = np.random.default_rng(0).integers(0, 64, (5, 17))
+    values, indices, log_norm = teacher_top_k(teacher, windows, 8, 2.0, batch=2)
+    assert values.shape == indices.shape == (5, 16, 8) and values.dtype == np.float16 and indices.dtype == np.int32
+    with torch.no_grad():
+        logits = teacher(torch.from_numpy(windows[:, :-1]))
+    top = torch.topk(logits, 8)
+    np.testing.assert_allclose(values, top.values.numpy(), rtol=1e-3)
+    np.testing.assert_allclose(log_norm, torch.logsumexp(logits / 2, -1).numpy(), rtol=1e-4)
+    assert (indices == top.indices.numpy()).mean() > 0.99  # fp16 may reorder near-ties only
+    assert len(list((tmp_path / "lm-teacher-top-k").glob("*.npz"))) == 1
+
+    def no_forward(*_):
+        raise AssertionError("the teacher ran again")
+
+    monkeypatch.setattr(teacher, "forward", no_forward)
+    again = teacher_top_k(teacher, windows, 8, 2.0)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (values, indices, log_norm)))
+    for k, t in ((4, 2.0), (8, 1.0)):  # another k or temperature, or other weights: computed afresh
+        with pytest.raises(AssertionError, match="ran again"):
+            teacher_top_k(teacher, windows, k, t)
+    with torch.no_grad():
+        teacher.model.norm.weight.mul_(2)
+    with pytest.raises(AssertionError, match="ran again"):
+        teacher_top_k(teacher, windows, 8, 2.0)
+    with pytest.raises(DistillError, match="top_k = 65: must be between 1 and the teacher's vocabulary"):
+        teacher_top_k(teacher, windows, 65)
+    # the share of the teacher's probability in its top k, exact: 1 when k is the vocabulary
+    p = torch.softmax(logits / 2, -1)
+    assert top_k_mass(values, log_norm, 2.0) == pytest.approx(p.topk(8).values.sum(-1).mean().item(), rel=1e-3)
+    whole = teacher_top_k(Decoder(teacher.config).eval(), windows, 64, 2.0, cache=False)
+    assert top_k_mass(whole[0], whole[2], 2.0) == pytest.approx(1.0, abs=1e-6)
