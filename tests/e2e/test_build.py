@@ -160,10 +160,16 @@ def test_json_output_is_the_manifest(built, tmp_path, root):
     assert manifest["model"]["format"] == "onnx" and manifest["validation"]["passed"]
 
 
+def _default_signals() -> None:
+    """The build starts with SIGINT's default disposition, as from a terminal: a test runner started in the
+    background of a non-interactive shell has SIGINT ignored, and edgekit keeps an inherited SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_build(root: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "edgekit.cli", "build", "-d", "host-cpu", "--format", "onnx",
                              "--project", str(root), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_default_signals)
 
 
 def _wait_for_partial(out: Path, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -161,7 +161,7 @@ def test_serve_command_prints_url_creates_token_logs_and_stops_on_ctrl_c(home):
     env.pop("EDGEKIT_TOKEN", None)
     code = "from edgekit.results.cli import serve; serve(['--port', '0'])"
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as typed in a terminal
     try:
         banner = [proc.stdout.readline() for _ in range(6)]  # read here: communicate() skips buffered lines
         assert banner[0].startswith("edgekit collector listening on http://127.0.0.1:"), banner

@@ -73,7 +73,8 @@ def test_ctrl_c_stops_the_runner_on_the_device(sshd, onnx_bundle, tmp_path):
     hang.chmod(0o755)
     code = (f"from edgekit.transport import run_bundle\n"
             f"run_bundle({str(onnx_bundle)!r}, {sshd.spec(hang)!r}, timeout=120, connect_timeout=5)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as typed in a terminal
     pid_file = tmp_path / "pid"
     deadline = time.monotonic() + 60
     while not pid_file.exists() and proc.poll() is None and time.monotonic() < deadline:
