@@ -38,7 +38,8 @@ def plan_build(device: str, project: str | Path | None = None, *, quant: str = "
                backend: str | None = None, distill: bool = True, out: str | Path | None = None,
                profiles_dirs: list[Path] | None = None, **options: Any) -> BuildRequest:
     """Load the profile and the project and make the plan (no work done; impossible requests are refused).
-    ``options``: calib_samples, qat_epochs, group_size, keep_float, max_accuracy_drop (as the CLI's)."""
+    ``options``: calib_samples, qat_epochs, group_size, keep_float, max_accuracy_drop, budget (a dict of
+    :data:`edgekit.budgets.KEYS` overrides) as the CLI's."""
     from edgekit.plan import make_plan
     from edgekit.profiles import ProfileRegistry
     from edgekit.project import load_project
@@ -64,9 +65,11 @@ def plan_build(device: str, project: str | Path | None = None, *, quant: str = "
 
 
 def build(device: str, project: str | Path | None = None, *, quant: str = "auto", out: str | Path | None = None,
-          force: bool = False, **options: Any) -> Bundle:
+          force: bool = False, fail_on_budget: bool = True, **options: Any) -> Bundle:
     """Build the project for ``device`` (as ``edgekit build``) and open the bundle. Raises the EdgekitError
-    subclasses the CLI maps to exit codes. ``options`` as :func:`plan_build` (format, backend, distill, ...)."""
+    subclasses the CLI maps to exit codes; a missed budget raises :class:`edgekit.budgets.BudgetMissed` after the
+    bundle is written (unless ``fail_on_budget`` is False: the checks are in ``manifest.data["budgets"]``).
+    ``options`` as :func:`plan_build` (format, backend, distill, ``budget={"latency_p90_ms": 5.0}``, ...)."""
     from edgekit.bundle import check_destination
     from edgekit.pipeline import build as run_build
     from edgekit.signals import handle_signals
@@ -75,6 +78,9 @@ def build(device: str, project: str | Path | None = None, *, quant: str = "auto"
     check_destination(request.out, force)
     with handle_signals():
         result = run_build(request.profile, request.project, request.plan, request.out, force=force)
+    from edgekit.budgets import raise_if_missed
+
+    raise_if_missed(result.budgets, f"the bundle ({result.bundle}) was written, but it", fail_on_budget)
     return Bundle.open(result.bundle)
 
 

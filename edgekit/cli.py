@@ -160,8 +160,13 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
             rules.add_row(*(_e(x) for x in (f"{r.format}/{r.backend}", r.weights, r.activations, r.granularity, r.io)))
         con.print(rules)
     b = p.budgets
+    lm = ", ".join(x for x in (
+        f"decode >= {b.min_decode_tokens_per_s:g} tokens/s" if b.min_decode_tokens_per_s is not None else "",
+        f"time to first token <= {b.max_time_to_first_token_ms:g} ms" if b.max_time_to_first_token_ms is not None
+        else "") if x)
     con.print(f"budgets: model <= {b.max_model_mb:g} MB, peak memory <= {b.max_peak_memory_mb:g} MB, "
-              f"p90 latency <= {b.p90_latency_ms:g} ms, accuracy drop <= {b.max_accuracy_drop:g} points")
+              f"p90 latency <= {b.p90_latency_ms:g} ms, accuracy drop <= {b.max_accuracy_drop:g} points"
+              + (f"; language models: {lm}" if lm else "") + " (checked by build and bench: edgekit.budgets)")
     if p.notes:
         con.print(f"notes: {_e(p.notes)}")
 
@@ -201,7 +206,13 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
               help="Accuracy budget for quantized builds, in points below fp32  [default: the profile's]")
 @click.option("--distill/--no-distill", default=True, show_default=True,
               help="When the project declares a [teacher]: train a student from it with the [distill] "
-                   "settings and ship that student (with --quant int8-qat, QAT also learns from the teacher).")
+                   "settings and ship it if it is significantly better than the [model] on the calib split "
+                   "(with --quant int8-qat, QAT also learns from the teacher).")
+@click.option("--budget", "budget", multiple=True, metavar="KEY=VALUE",
+              help="Override one of the profile's budgets for this build (repeatable): model_mb, peak_memory_mb, "
+                   "latency_p90_ms, accuracy_drop (points), decode_tokens_per_s, time_to_first_token_ms.")
+@click.option("--fail-on-budget/--no-fail-on-budget", default=True, show_default=True,
+              help="Exit with code 10 when a measured number misses a budget (the bundle is written either way).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Bundle folder  [default: build/<device>]")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (atomically).")
@@ -210,15 +221,18 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
           quant: str, calib_samples: int, qat_epochs: int, group_size: int, keep_float: tuple[str, ...],
-          max_accuracy_drop: float | None, distill: bool, out: Path | None, force: bool, dry_run: bool,
-          as_json: bool) -> None:
-    """Export, validate and bundle the project's model for DEVICE."""
+          max_accuracy_drop: float | None, distill: bool, budget: tuple[str, ...], fail_on_budget: bool,
+          out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Export, validate and bundle the project's model for DEVICE, and check the measured numbers against the
+    device's budgets (exit code 10 when one is missed; the bundle is still written)."""
     from edgekit.api import plan_build
+    from edgekit.budgets import parse_overrides, raise_if_missed
     from edgekit.bundle import check_destination
 
     request = plan_build(device, project, quant=quant, format=fmt, backend=backend, distill=distill, out=out,
                          profiles_dirs=ctx.obj.profiles_dirs, calib_samples=calib_samples, qat_epochs=qat_epochs,
-                         group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop)
+                         group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop,
+                         budget=parse_overrides(budget))
     profile, spec, plan, out = request.profile, request.project, request.plan, request.out
     if dry_run:
         _print_plan(_console(), plan, spec, out)
@@ -254,8 +268,9 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
     con = _console()
     if as_json:
         click.echo(json.dumps(result.manifest, indent=2, sort_keys=True))
-        return
-    _print_summary(con, result, profile, time.perf_counter() - t0)
+    else:
+        _print_summary(con, result, profile, time.perf_counter() - t0)
+    raise_if_missed(result.budgets, f"the bundle ({result.bundle}) was written, but it", fail_on_budget)
 
 
 def _print_plan(con: Any, plan: Any, spec: Any, out: Path) -> None:
@@ -269,7 +284,6 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     from rich.table import Table
 
     v, m = result.validation, result.manifest["model"]
-    size_mb = m["bytes"] / 1e6
     where = ("in its target runtime" if v.where == "target-runtime"
              else f"on a host twin: {result.plan.host_twin}")
     con.print(f"[bold]build summary[/] — {m['file']} {m['format']}/{m['backend']} {m['precision']}, "
@@ -291,6 +305,9 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
                   f"{d['best_epoch']} of {d['epochs_run']}; teacher {d['teacher_accuracy']:.2%}, student "
                   f"{d['original_student_accuracy']:.2%} (model entry) -> {d['student_accuracy']:.2%} (distilled) "
                   "on the eval split")
+    if d and (s := d.get("selection")):
+        which = "the distilled student" if s["shipped"] == "distilled" else "the model entry, not the distilled student"
+        con.print(f"  ships {which}: {_e(s['reason'])}")
     columns = [("fp32", result.baseline, result.manifest["baseline"]["bytes"])] if result.baseline else []
     columns.append((m["precision"], v, m["bytes"]))
     table = Table("", *[c[0] for c in columns], "PyTorch fp32")
@@ -326,14 +343,14 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
              f"perplexity {v.metrics['perplexity_increase']:+.2%} against PyTorch fp32, greedy agreement "
              f"{v.metrics['greedy_agreement']:.1%} (the task's thresholds for a quantized model)"
              if "perplexity" in v.metrics else f"max abs error <= {v.atol:g}" if v.atol is not None
-             else f"accuracy drop {v.accuracy_drop:.2f} <= {v.max_accuracy_drop:g} points"
+             else f"ran in the runtime, accuracy drop {v.accuracy_drop:.2f} points (the budget is checked below)"
              if v.max_accuracy_drop is not None else f"the {result.plan.task} task's thresholds")
-    con.print(f"  passed: {check}; latency is this host's (batch {v.host_latency_ms['batch']}), not the device's")
+    con.print(f"  validated: {check}; latency is this host's (batch {v.host_latency_ms['batch']}), not the device's")
     for w in result.warnings:
         con.print(f"  [yellow]warning[/]: {_e(w)}")
-    if size_mb > profile.budgets.max_model_mb:
-        con.print(f"  [yellow]warning[/]: model is {size_mb:.1f} MB, over {profile.id}'s budget of "
-                  f"{profile.budgets.max_model_mb:g} MB")
+    from edgekit.budgets import print_checks
+
+    print_checks(con, result.budgets, f"{profile.id}'s budgets")
     con.print(f"bundle: [bold]{_e(result.bundle)}[/] (built in {seconds:.1f} s)")
     con.print(f"  run it:   python -m edgekit_runner {_e(result.bundle)}")
     con.print(f"  check it: edgekit inspect {_e(result.bundle)}")
@@ -457,8 +474,16 @@ def quantize_report(ctx: click.Context, device: str, project: Path | None, calib
         if distill and spec.teacher is not None:
             from edgekit.distill.project import distill_for_build
 
-            model, _, record = distill_for_build(spec, splits, model, lambda msg: status.update(f"distill: {msg}"))
-            network = f"the distilled student {record['student_entry']} (teacher {spec.teacher.source})"
+            from edgekit.selection import after_distill
+
+            student, teacher, record = distill_for_build(spec, splits, model,
+                                                         lambda msg: status.update(f"distill: {msg}"))
+            chosen = after_distill(spec, splits, model, student, teacher)  # the build's choice, made the same way
+            if chosen.shipped == "distilled":
+                model = student
+                network = f"the distilled student {record['student_entry']} (teacher {spec.teacher.source})"
+            else:
+                network += f" (kept over the distilled student: {chosen.reason})"
         ev, n = splits["eval"], spec.inputs[0].shape[0]
         example = (torch.from_numpy(ev.x[:n]).clone(memory_format=torch.contiguous_format),)
         report = analyze(model, example, splits["calib"].x[:calib_samples], ev.x, ev.y, budget,

@@ -57,6 +57,7 @@ class BuildResult:
     baseline: ValidationResult | None = None  # the fp32 artifact's, when the bundle is quantized
     warnings: list[str] = field(default_factory=list)
     sensitivity: Any = None  # edgekit.quantize.sensitivity.MixedReport for --quant mixed
+    budgets: list[Any] = field(default_factory=list)  # edgekit.budgets.Check, one per budget of the plan
 
 
 def remove_dead_temp() -> None:
@@ -138,20 +139,16 @@ def load_stage(b: Build) -> None:
 
 
 def distill_stage(b: Build) -> None:
-    """A student trained from the project's teacher with its [distill] settings replaces the model."""
+    """A student trained from the project's teacher with its [distill] settings; it replaces the model when it
+    is the better of the two on the calib split (:mod:`edgekit.selection`)."""
     from edgekit.distill.project import distill_for_build
+    from edgekit.selection import choose_shipped
 
     b.say("distill", f"teacher {b.project.teacher.source}")
-    b.model, b.teacher, d = distill_for_build(b.project, b.splits, b.model, lambda msg: b.say("distill", msg))
-    b.distilled = d
-    if "student_accuracy" in d and d["student_accuracy"] < d["original_student_accuracy"]:
-        n = len(b.splits["eval"].y)
-        wrong = [round((1 - d[k]) * n) for k in ("student_accuracy", "original_student_accuracy")]
-        b.warnings.append(f"the distilled student ({d['student_accuracy']:.2%}, {wrong[0]} of {n} wrong) is less "
-                          f"accurate than the project's model entry ({d['original_student_accuracy']:.2%}, "
-                          f"{wrong[1]} wrong) on the eval split; build with --no-distill to ship the model entry's "
-                          "network")
-    b.reference = reference_outputs(b.model, b.splits, b.project)
+    student, b.teacher, b.distilled = distill_for_build(b.project, b.splits, b.model,
+                                                        lambda msg: b.say("distill", msg))
+    if choose_shipped(b, student):
+        b.reference = reference_outputs(b.model, b.splits, b.project)
 
 
 def export_stage(b: Build) -> None:
@@ -294,12 +291,22 @@ def build(profile: DeviceProfile, project: ProjectSpec, plan: Plan, out: Path, f
             stages[name](b)
         say("done", "")
         b.manifest["timings_s"] = timings
+        checks = budget_checks(b)
+        b.manifest["budgets"] = {"limits": dict(plan.budgets), "checks": [c.to_dict() for c in checks],
+                                 "passed": not any(c.status == "fail" for c in checks)}
         from edgekit.bundle_readme import write_readme
 
         write_readme(writer.staging, b.manifest)
         bundle = writer.commit(b.manifest)
     return BuildResult(bundle, plan, b.manifest, b.validation, timings,
-                       None if b.quantized is None else b.fp32_validation, b.warnings, b.sensitivity)
+                       None if b.quantized is None else b.fp32_validation, b.warnings, b.sensitivity, checks)
+
+
+def budget_checks(b: Build) -> list[Any]:
+    """The plan's budgets against what the build measured (:func:`edgekit.budgets.for_build`)."""
+    from edgekit.budgets import for_build
+
+    return for_build(b.plan.budgets, b.plan.task, b.manifest["model"]["bytes"], b.validation, b.quantized is not None)
 
 
 def _copy_tokenizer(project: ProjectSpec, staging: Path) -> dict[str, Any] | None:

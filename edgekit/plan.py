@@ -44,9 +44,16 @@ class Plan(BaseModel):
     atol: float | None
     max_accuracy_drop: float | None = None
     distill: bool = False  # the project has a [teacher] and --no-distill was not given
+    budgets: dict[str, float] = {}  # the limits the build is checked against (edgekit.budgets): profile + --budget
     task: str = "classification"
     notes: tuple[str, ...] = ()  # what the planner chose on the user's behalf, and why
     stages: tuple[str, ...]
+
+    def describe_budgets(self) -> str:
+        from edgekit.budgets import KEYS
+
+        return ", ".join(f"{k} {'<=' if KEYS[k].upper else '>='} {v:g} {KEYS[k].unit}" for k, v in self.budgets.items()
+                         if self.task in KEYS[k].tasks) or "none"
 
     def describe(self) -> list[tuple[str, str]]:
         """(label, value) rows for humans."""
@@ -64,7 +71,9 @@ class Plan(BaseModel):
             ("precision", self.precision),
             ("quantization", f"{quant}; profile recommends {self.profile_default_quant}"),
             ("validation", f"{where}, {check}"),
-            ("distillation", "teacher -> student with the project's [distill] settings" if self.distill else "none"),
+            ("distillation", "teacher -> student with the project's [distill] settings, shipped if better on calib"
+             if self.distill else "none"),
+            ("budgets", self.describe_budgets()),
             ("stages", " -> ".join(self.stages)),
             *(("note", note) for note in self.notes),
         ]
@@ -101,22 +110,41 @@ def accuracy_budget(profile: DeviceProfile, max_accuracy_drop: float | None = No
 def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
               quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32,
               keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
-              distill: bool = False, task: str = "classification", language_model: object = None) -> Plan:
+              distill: bool = False, task: str = "classification", language_model: object = None,
+              budget: dict[str, float] | None = None) -> Plan:
     """Pick format/backend (profile default unless overridden) and check it can be built.
 
     ``keep_float`` (mixed only) names the layers to keep in float instead of searching for them;
-    ``max_accuracy_drop`` overrides the profile's budget (points) for quantized builds. ``task``: what
-    needs labels (QAT, mixed precision's sensitivity, the KD stage) is offered to classifiers only.
-    ``language_model``: the project's ``[language_model]`` settings (its ``quantize`` table), for that task."""
+    ``max_accuracy_drop`` overrides the profile's budget (points) for quantized builds; ``budget`` overrides
+    any of the profile's budgets (keys of :data:`edgekit.budgets.KEYS`, as ``--budget KEY=VALUE``), and the
+    plan's ``budgets`` are the limits the build is checked against. ``task``: what needs labels (QAT, mixed
+    precision's sensitivity, the KD stage) is offered to classifiers only. ``language_model``: the project's
+    ``[language_model]`` settings (its ``quantize`` table), for that task."""
+    from edgekit.budgets import resolve
+
+    if max_accuracy_drop is not None and budget and "accuracy_drop" in budget:
+        raise PlanError("give the accuracy budget once: --max-accuracy-drop or --budget accuracy_drop=..., not both")
+    limits = resolve(profile, budget)
+    if max_accuracy_drop is not None:
+        limits["accuracy_drop"] = accuracy_budget(profile, max_accuracy_drop)
     if task == "language-model":
-        return _language_model_plan(profile, fmt, backend, quant, distill, group_size, language_model)
+        plan = _language_model_plan(profile, fmt, backend, quant, distill, group_size, language_model)
+    else:
+        plan = _plan(profile, fmt, backend, quant, calib_samples, qat_epochs, group_size, keep_float,
+                     limits["accuracy_drop"], distill, task)
+    return plan.model_copy(update={"budgets": limits})
+
+
+def _plan(profile: DeviceProfile, fmt: str | None, backend: str | None, quant: str, calib_samples: int,
+          qat_epochs: int, group_size: int, keep_float: tuple[str, ...], max_accuracy_drop: float, distill: bool,
+          task: str) -> Plan:
     quant = resolve_quant(profile, quant)
     if task != "classification" and quant in CLASSIFIER_ONLY:
         raise PlanError(f"--quant {quant} trains or measures against class labels; a {task} project can use "
                         f"--quant {' / '.join(s for s in ('none', *SCHEMES) if s not in CLASSIFIER_ONLY)}")
     if keep_float and quant != "mixed":
         raise PlanError(f"--keep-float applies to --quant mixed, not --quant {quant}")
-    budget = accuracy_budget(profile, max_accuracy_drop)
+    budget = max_accuracy_drop
     if quant not in ("none", *SCHEMES):
         raise PlanError(f"unknown quantization {quant!r}; choose one of: {', '.join(QUANT_CHOICES)}")
     scheme = None

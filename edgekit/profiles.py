@@ -99,6 +99,9 @@ class Budgets(_Frozen):
     max_peak_memory_mb: float = Field(gt=0, allow_inf_nan=False)
     p90_latency_ms: float = Field(gt=0, allow_inf_nan=False)
     max_accuracy_drop: float = Field(ge=0, allow_inf_nan=False, description="percentage points vs the fp32 reference")
+    # language models (optional: a profile without them checks none)
+    min_decode_tokens_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_time_to_first_token_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class DeviceProfile(_Frozen):

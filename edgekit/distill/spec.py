@@ -39,6 +39,9 @@ class DistillSpec(BaseModel):
     cache_teacher: bool = False
     top_k: int | None = Field(default=64, ge=1, description="language models: the teacher's largest logits kept per "
                               "token (None: all, computed on every batch)")
+    ship: Literal["better", "student"] = Field(
+        default="better", description="edgekit build: 'better' ships the distilled student only when it is "
+        "significantly better than the [model] on the calib split (edgekit.selection); 'student' always ships it")
 
     @model_validator(mode="after")
     def _fitnet_needs_hints(self) -> Self:
@@ -73,5 +76,5 @@ class DistillSpec(BaseModel):
 
     def distill_kwargs(self) -> dict[str, Any]:
         """These settings as keyword arguments of :func:`edgekit.distill.api.distill`."""
-        return {**self.model_dump(exclude={"student", "student_layers", "hints", "top_k"}), "lr": self.learning_rate,
+        return {**self.model_dump(exclude={"student", "student_layers", "hints", "top_k", "ship"}), "lr": self.learning_rate,
                 "hints": [f"{t}={s}" for t, s in self.hints.items()]}

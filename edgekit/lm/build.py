@@ -98,18 +98,16 @@ def set_reference(b: Any, stage: str) -> None:
 
 
 def distill_stage(b: Any) -> None:
-    """A student trained with token-level KD from the project's teacher (:mod:`edgekit.lm.distill`) replaces the
-    model; a warning says so when it is worse, by eval perplexity, than the [model] as loaded."""
+    """A student trained with token-level KD from the project's teacher (:mod:`edgekit.lm.distill`); it replaces
+    the model when it is the better of the two on the calib split (:mod:`edgekit.selection`)."""
     from edgekit.lm.distill import distill_for_build
+    from edgekit.selection import choose_shipped
 
     b.say("distill", f"teacher {b.project.teacher.source}")
-    b.model, b.teacher, d = distill_for_build(b.project, b.splits, b.model, lambda msg: b.say("distill", msg))
-    b.distilled = d
-    if d["student_perplexity"] > d["original_student_perplexity"]:
-        b.warnings.append(f"the distilled student (eval perplexity {d['student_perplexity']:.2f}) is worse than the "
-                          f"project's model entry ({d['original_student_perplexity']:.2f}); build with --no-distill "
-                          "to ship the model entry's network")
-    set_reference(b, "distill")
+    student, b.teacher, b.distilled = distill_for_build(b.project, b.splits, b.model,
+                                                        lambda msg: b.say("distill", msg))
+    if choose_shipped(b, student):
+        set_reference(b, "distill")
 
 
 def reference_greedy(model: Any, prompt: list[int], n: int) -> list[int]:

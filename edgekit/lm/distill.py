@@ -43,21 +43,25 @@ def next_token_loss(model: Any, windows: Any) -> Any:
 
 def perplexity(model: Any, windows: np.ndarray, batch: int = 4) -> float:
     """exp(mean next-token cross-entropy, in float64) over every predicted token of ``windows [N, S + 1]``."""
+    return math.exp(float(window_nll(model, windows, batch).mean()))  # every window predicts S tokens
+
+
+def window_nll(model: Any, windows: np.ndarray, batch: int = 4) -> np.ndarray:
+    """Each window's mean next-token cross-entropy (float64) over its S predicted tokens, ``windows [N, S + 1]``."""
     import torch
     from torch.nn import functional as F
 
     was = model.training
     model.eval()
-    total, count = 0.0, 0
+    parts = []
     with torch.no_grad():
         for i in range(0, len(windows), batch):
             w = torch.from_numpy(np.ascontiguousarray(windows[i:i + batch]))
             logits = model(w[:, :-1]).double()
-            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1),
-                                     reduction="sum").item()
-            count += w[:, 1:].numel()
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1), reduction="none")
+            parts.append(nll.reshape(len(w), -1).mean(1).numpy())
     model.train(was)
-    return math.exp(total / count)
+    return np.concatenate(parts)
 
 
 def _fingerprint(teacher: Any, windows: np.ndarray, k: int, temperature: float) -> str:

@@ -6,8 +6,10 @@
 
 ``store`` is called once for every run that brought a report back (status OK, MODEL_ERROR,
 or an INFRA_ERROR the runner itself reported), before the summary is printed. The exit
-status is 0 for OK, :class:`~edgekit.transport.base.InfraError`'s code (8) for INFRA_ERROR
-and :class:`~edgekit.transport.base.ModelError`'s (9) for MODEL_ERROR.
+status is 0 for OK, :class:`~edgekit.transport.base.InfraError`'s code (8) for INFRA_ERROR,
+:class:`~edgekit.transport.base.ModelError`'s (9) for MODEL_ERROR, and
+:class:`~edgekit.budgets.BudgetMissed`'s (10) for an OK run that missed one of the device's budgets
+(``--budget KEY=VALUE`` overrides one; ``--no-fail-on-budget`` exits 0).
 """
 
 from __future__ import annotations
@@ -57,10 +59,15 @@ def make_bench_command(store: Store | None = None) -> click.Command:
                   help="ssh private key file.")
     @click.option("--ssh-option", "ssh_options", multiple=True, metavar="KEY=VALUE",
                   help="Extra `ssh -o` option, e.g. ProxyJump=gateway (repeatable).")
+    @click.option("--budget", "budget", multiple=True, metavar="KEY=VALUE",
+                  help="Override one of the bundle's device budgets (repeatable; keys as edgekit build --budget).")
+    @click.option("--fail-on-budget/--no-fail-on-budget", default=True, show_default=True,
+                  help="Exit with code 10 when a measured number misses a budget (the report is stored either way).")
     @click.option("--json", "as_json", is_flag=True, help="Print the outcome and the report as JSON.")
     def bench(bundle: Path, target: str, runs: int | None, warmup: int | None, threads: int | None, timeout: float,
               connect_timeout: float, retries: int, python: str | None, identity: Path | None,
-              ssh_options: tuple[str, ...], as_json: bool, runner_args: tuple[str, ...]) -> None:
+              ssh_options: tuple[str, ...], budget: tuple[str, ...], fail_on_budget: bool, as_json: bool,
+              runner_args: tuple[str, ...]) -> None:
         """Run BUNDLE on a device: latency, memory, accuracy, and what actually ran.
 
         \b
@@ -73,6 +80,9 @@ def make_bench_command(store: Store | None = None) -> click.Command:
         """
         from rich.console import Console
 
+        from edgekit import budgets
+
+        overrides = budgets.parse_overrides(budget)
         spec = parse_target(target, python=python, identity=identity, ssh_options=ssh_options)
         progress = Console(stderr=True, highlight=False)
 
@@ -81,16 +91,24 @@ def make_bench_command(store: Store | None = None) -> click.Command:
 
         outcome = run_bundle(bundle, spec, runs, warmup, threads, timeout, retries, runner_args=runner_args,
                              connect_timeout=connect_timeout, on_step=on_step)
+        checks = []
+        if outcome.status == OK and outcome.report is not None:
+            checks = budgets.for_bench(budgets.from_manifest(outcome.manifest or {}, overrides), outcome.manifest or {},
+                                       outcome.report, outcome.target)
         if as_json:
-            click.echo(json.dumps(safejson.finite(outcome.to_dict()), indent=2, sort_keys=True))
+            click.echo(json.dumps(safejson.finite({**outcome.to_dict(), "budgets": [c.to_dict() for c in checks]}),
+                                  indent=2, sort_keys=True))
         else:
-            print_summary(Console(highlight=False), bundle, outcome)
+            con = Console(highlight=False)
+            print_summary(con, bundle, outcome)
+            budgets.print_checks(con, checks, f"budgets of {(outcome.manifest or {}).get('profile', {}).get('id', 'the device')}")
         if store is not None and outcome.report is not None:  # after the summary: a store failure loses nothing
             store(outcome.report, outcome.manifest or {})  # the results store (wired in edgekit/cli.py)
         if outcome.status == INFRA_ERROR:
             raise InfraError(outcome.error or "infrastructure error")
         if outcome.status == MODEL_ERROR:
             raise ModelError(f"the runtime on {outcome.target} refused the model: {outcome.error}")
+        budgets.raise_if_missed(checks, f"the report was stored, but the bundle on {outcome.target}", fail_on_budget)
 
     return bench
 

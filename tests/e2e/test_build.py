@@ -54,6 +54,36 @@ def test_build_every_profile(device, built):
     data = np.load(out / "eval.npz")
     assert data["input.image"].shape == (360, 1, 8, 8) and data["reference.logits"].shape == (360, 10)
     assert float((data["reference.logits"].argmax(1) == data["labels"]).mean()) == pytest.approx(v["reference_value"])
+    budgets = manifest["budgets"]  # checked on what the build measured: size, and latency on this host
+    assert budgets["passed"] and budgets["limits"] == manifest["plan"]["budgets"]
+    checks = {c["key"]: c for c in budgets["checks"]}
+    assert set(checks) == {"model_mb", "peak_memory_mb", "latency_p90_ms", "accuracy_drop"}
+    assert checks["model_mb"]["measured"] == model["bytes"] / 1e6 and checks["model_mb"]["status"] == "pass"
+    assert checks["latency_p90_ms"]["measured"] == v["host_latency_ms"]["p90"]
+    assert checks["latency_p90_ms"]["where"].startswith("this host")
+    assert checks["peak_memory_mb"]["status"] == checks["accuracy_drop"]["status"] == "not measured"  # fp32
+
+
+def test_an_impossible_budget_fails_the_build_after_writing_the_bundle(root, tmp_path):
+    out = tmp_path / "b"
+    result = CliRunner().invoke(cli, ["build", "-d", "raspberry-pi-5", "--project", str(root), "--out", str(out),
+                                      "--quant", "int8", "--no-distill", "--budget", "latency_p90_ms=0.001",
+                                      "--budget", "model_mb=0.01"])
+    assert result.exit_code == 10, result.output
+    manifest, problems = verify(out)  # complete and intact: only a budget was missed
+    assert problems == [] and manifest["validation"]["passed"] and not manifest["budgets"]["passed"]
+    checks = {c["key"]: c for c in manifest["budgets"]["checks"]}
+    assert checks["latency_p90_ms"]["status"] == checks["model_mb"]["status"] == "fail"
+    assert checks["accuracy_drop"]["status"] == "pass"  # the profile's 1 point, measured on the int8 model
+    assert checks["accuracy_drop"]["measured"] == pytest.approx(manifest["validation"]["accuracy_drop"])
+    size = manifest["model"]["bytes"] / 1e6
+    text = " ".join(result.output.split())
+    assert f"FAIL model_mb {size:.4g} MB misses the limit <= 0.01 MB by {size - 0.01:.4g} MB" in text
+    assert "misses 2 budgets: model_mb" in text and "(exit code 10; --no-fail-on-budget to exit 0)" in text
+    again = CliRunner().invoke(cli, ["build", "-d", "raspberry-pi-5", "--project", str(root), "--out", str(out),
+                                     "--quant", "none", "--no-distill", "--budget", "model_mb=0.01", "--force",
+                                     "--no-fail-on-budget"])
+    assert again.exit_code == 0 and "FAIL model_mb" in again.output
 
 
 def test_pixel8_vulkan_option_lowers_and_is_marked_unverified(built):

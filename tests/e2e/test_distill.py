@@ -27,15 +27,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def fast_project(root, tmp_path_factory) -> Path:
-    """The digits project with absolute paths and a short distillation."""
+def _short_project(root: Path, folder: Path, ship: str) -> Path:
     text = (root / "edgekit.toml").read_text()
     assert "\nepochs = 30\n" in text
-    text = text.replace('"examples/', f'"{root}/examples/').replace("\nepochs = 30\n", f"\nepochs = {DISTILL_EPOCHS}\n")
-    folder = tmp_path_factory.mktemp("kd-project")
+    text = text.replace('"examples/', f'"{root}/examples/').replace(
+        "\nepochs = 30\n", f"\nepochs = {DISTILL_EPOCHS}\nship = {ship!r}\n")
     (folder / "edgekit.toml").write_text(text)
     return folder
+
+
+@pytest.fixture(scope="module")
+def fast_project(root, tmp_path_factory) -> Path:
+    """The digits project with absolute paths and a short distillation whose student ships whatever it scores."""
+    return _short_project(root, tmp_path_factory.mktemp("kd-project"), "student")
 
 
 def _build(project: Path, out: Path, *extra: str) -> dict:
@@ -91,11 +95,21 @@ def test_qat_after_distillation_learns_from_the_float_teacher(kd_qat, built):
 
 
 @pytest.mark.slow
-def test_distill_stage_is_deterministic_and_no_distill_ships_the_model_entry(kd_qat, fast_project, tmp_path, built):
-    again = _build(fast_project, tmp_path / "fp32", "-d", "host-cpu", "--format", "onnx", "--quant", "none")
-    first, second = (dict(m["distill"], seconds=None) for m in (kd_qat[0], again))
+def test_distill_stage_is_deterministic_and_no_distill_ships_the_model_entry(kd_qat, root, tmp_path, built):
+    """The same distillation again, now with the default choice of what ships: 3 epochs from scratch do not beat
+    the trained model entry on calib, so the build keeps the model entry and says why."""
+    project = _short_project(root, tmp_path, "better")
+    again = _build(project, tmp_path / "fp32", "-d", "host-cpu", "--format", "onnx", "--quant", "none")
+    first, second = (dict(m["distill"], seconds=None, selection=None) for m in (kd_qat[0], again))
     assert first == second  # same seed, same student, epoch by epoch
-    assert again["validation"]["reference_value"] == pytest.approx(second["student_accuracy"])
+    chosen, forced = again["distill"]["selection"], kd_qat[0]["distill"]["selection"]
+    assert forced["shipped"] == "distilled" and forced["reason"].startswith('[distill] ship = "student"')
+    assert chosen["shipped"] == "model" and chosen["split"] == "calib" and chosen["p_value"] >= 0.05
+    assert (chosen["distilled"], chosen["model"]) == (forced["distilled"], forced["model"])
+    assert chosen["model"] > chosen["distilled"]  # 3 epochs from scratch against the trained entry
+    assert "ships the model entry, not the distilled student: the distilled student is worse than" in \
+        " ".join(again["_output"].split())
+    assert again["validation"]["reference_value"] == pytest.approx(second["original_student_accuracy"])
     skipped = verify(built("host-cpu", "--format", "onnx"))[0]  # conftest passes --no-distill
     assert skipped["distill"] is None and "distill" not in skipped["plan"]["stages"]
     assert "distill" not in skipped["timings_s"]

@@ -49,8 +49,12 @@ def test_sensitivity_finds_the_layers_around_the_outlier(report):
 def test_plain_int8_fails_the_budget(root, tmp_path):
     result = CliRunner().invoke(cli, ["build", "--device", "pixel8", "--project", str(root / OUTLIER),
                                       "--quant", "int8", "--out", str(tmp_path / "b")])
-    assert result.exit_code == 5, result.output
-    assert "points below PyTorch fp32" in result.output and not (tmp_path / "b").exists()
+    assert result.exit_code == 10, result.output  # a missed budget: the bundle is written, the exit code says so
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    drop = manifest["validation"]["accuracy_drop"]
+    assert drop > 1.0 and not manifest["budgets"]["passed"]
+    assert [c["key"] for c in manifest["budgets"]["checks"] if c["status"] == "fail"] == ["accuracy_drop"]
+    assert f"accuracy_drop {drop:.4g} points misses the limit <= 1 points" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize("fmt,backend", [("executorch", "xnnpack"), ("onnx", "cpu"), ("tflite", "xnnpack")])

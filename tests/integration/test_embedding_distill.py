@@ -89,6 +89,11 @@ def test_the_build_distils_an_embedding_student_and_ships_it(teacher, tmp_path):
     d = m["distill"]
     assert (d["task"], d["method"], d["student_layers"], d["epochs_run"]) == ("embedding", "cosine", [0, 2], 4)
     assert d["student_parameters"] < d["teacher_parameters"]
+    chosen = d["selection"]  # smaller than the [model] (the 4-layer network): the compression the project asked for
+    assert chosen["shipped"] == "distilled" and chosen["metric"] == "cosine to the teacher"
+    assert chosen["distilled_parameters"] == d["student_parameters"] < chosen["model_parameters"]
+    assert chosen["model"] == pytest.approx(1.0) and chosen["distilled"] < 0.9999  # the [model] is the teacher itself
+    assert "the smaller network the project asked for" in chosen["reason"]
     # training moved the student towards the teacher (measured on eval, best epoch chosen on calib)
     assert d["student"]["cosine_mean"] > d["initial_student"]["cosine_mean"]
     assert d["history"][-1]["train_loss"] < d["history"][0]["train_loss"]

@@ -122,3 +122,39 @@ def test_bench_command_stores_each_report_and_maps_status_to_exit_code(onnx_bund
     printed = json.loads(bad.stdout)
     assert printed["status"] == MODEL_ERROR and printed["report"]["run_id"] == stored[1][0]["run_id"]
     assert "refused the model" in bad.stderr
+
+
+def test_bench_checks_the_devices_budgets_against_what_it_measured(onnx_bundle, runner_python):
+    """jetson-orin-nano's budgets against the local run's numbers: an impossible p90 latency fails, by how much,
+    with exit code 10, and the report is stored all the same; --no-fail-on-budget exits 0 and still says FAIL."""
+    stored = []
+
+    @click.group(cls=EdgekitGroup)
+    def group() -> None:
+        pass
+
+    group.add_command(make_bench_command(store=lambda report, manifest: stored.append(report)))
+    args = ["bench", str(onnx_bundle), "--on", "local", "--python", str(runner_python), "--runs", "5",
+            "--budget", "latency_p90_ms=0.001"]
+    missed = CliRunner().invoke(group, [*args, "--json", "--", *FAST])
+    assert missed.exit_code == 10, missed.output
+    assert len(stored) == 1 and stored[0]["status"] == OK
+    checks = {c["key"]: c for c in json.loads(missed.stdout)["budgets"]}
+    p90, memory = stored[0]["latency_ms"]["p90"], max(stored[0]["memory"]["peak_rss_load_mb"],
+                                                      stored[0]["memory"]["peak_rss_run_mb"])
+    assert checks["latency_p90_ms"] | {"excess": None} == {
+        "key": "latency_p90_ms", "label": "p90 latency", "limit": 0.001, "unit": "ms", "upper": True, "measured": p90,
+        "where": "local", "status": "fail", "excess": None}
+    assert checks["latency_p90_ms"]["excess"] == pytest.approx(p90 - 0.001)
+    assert checks["peak_memory_mb"]["measured"] == memory and checks["peak_memory_mb"]["limit"] == 2048
+    assert checks["peak_memory_mb"]["status"] == "pass" and checks["model_mb"]["status"] == "pass"
+    assert checks["accuracy_drop"]["status"] == "not measured"  # an fp32 bundle: held to a tolerance instead
+    assert "misses 1 budget: latency_p90_ms" in missed.stderr and "exit code 10" in missed.stderr
+
+    shown = CliRunner().invoke(group, [*args, "--no-fail-on-budget", "--", *FAST])
+    assert shown.exit_code == 0, shown.output
+    assert "FAIL latency_p90_ms" in shown.output and "pass peak_memory_mb" in shown.output
+    assert len(stored) == 2
+    bad = CliRunner().invoke(group, [*args[:-1], "latency=3", "--", *FAST])
+    assert bad.exit_code == 3 and "--budget 'latency=3': give KEY=VALUE with KEY one of model_mb" in bad.output
+    assert len(stored) == 2  # refused before anything ran
