@@ -22,7 +22,7 @@ demo: install
 	@echo "  $(VENV)/bin/python -m edgekit_runner build/$(DEVICE)"
 
 test: install
-	bash .ci/sshd-prereqs.sh  # the transport tests start a real sshd and drive the real adb client
+	bash .ci/prereqs.sh  # sshd, adb, rsync and chromium: the tests drive them for real
 	$(VENV)/bin/python -m pytest --durations=15  # the slowest tests, for keeping CI short
 
 bench: install

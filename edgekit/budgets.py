@@ -4,7 +4,8 @@ the bundle ran).
 Each profile's ``[budgets]`` gives the limits; ``--budget KEY=VALUE`` overrides one for a run. A budget is
 checked only against a number that was measured, and says where it was measured: the build measures the
 artifact's size, a quantized classifier's accuracy drop against the PyTorch fp32 reference and the latency *on
-this host* (a proxy for the device, said so), and not peak memory (``edgekit bench`` measures that in a fresh
+this host* in the device's runtime (a proxy for the device, said so; not when it validated on a host twin,
+whose speed says nothing of the device's path), and not peak memory (``edgekit bench`` measures that in a fresh
 process, which the build's own process, holding torch and the exporters, cannot). A budget with no
 measurement is reported as ``not measured``, never as passed.
 
@@ -178,24 +179,30 @@ def for_build(limits: dict[str, float], task: str, model_bytes: int, validation:
     instead), and its latency on this host."""
     host = host_where()
     lat = validation.host_latency_ms
+    if validation.where != "target-runtime":  # a host twin's speed says nothing of the device's path
+        host, lat = None, {}
+    twin = "validated on a host twin, not the device's runtime: edgekit bench on the device measures it"
     measured: dict[str, tuple[float | None, str | None]] = {
         "model_mb": (model_bytes / 1e6, "the artifact"),
         "peak_memory_mb": (None, "by edgekit bench, not by the build"),
     }
     if task == "language-model":
         median = lat.get("median")
-        measured["decode_tokens_per_s"] = (1000.0 / median if median else None, host)
-        measured["time_to_first_token_ms"] = (validation.metrics.get("time_to_first_token_ms"), host)
+        measured["decode_tokens_per_s"] = (1000.0 / median if median else None, host or twin)
+        measured["time_to_first_token_ms"] = (validation.metrics.get("time_to_first_token_ms") if host else None,
+                                              host or twin)
     else:
-        measured["latency_p90_ms"] = (lat.get("p90"), host + f", batch {lat.get('batch', 1)}")
+        measured["latency_p90_ms"] = (lat.get("p90"), f"{host}, batch {lat.get('batch', 1)}" if host else twin)
         measured["accuracy_drop"] = (validation.accuracy_drop if quantized else None,
-                                     host if quantized else "fp32: held to the export tolerance instead")
+                                     (host_where() if validation.where == "target-runtime" else "a host twin")
+                                     if quantized else "fp32: held to the export tolerance instead")
     return check(limits, measured, task)
 
 
 def for_bench(limits: dict[str, float], manifest: dict[str, Any], report: dict[str, Any], target: str) -> list[Check]:
     """A bench report's measurements, where it ran."""
-    task = (manifest.get("task") or {}).get("kind", "classification")
+    task = manifest.get("task") or "classification"  # a manifest's {"kind": ...}, or the store's summary's string
+    task = task.get("kind", "classification") if isinstance(task, dict) else task
     lat, met, mem = (report.get(k) or {} for k in ("latency_ms", "metrics", "memory"))
     peaks = [mem.get(k) for k in ("peak_rss_load_mb", "peak_rss_run_mb") if isinstance(mem.get(k), (int, float))]
     size = (manifest.get("model") or {}).get("bytes")

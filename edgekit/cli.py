@@ -543,7 +543,7 @@ def inspect(bundle: Path, as_json: bool) -> None:
         raise BundleError(f"{bundle} failed verification: {'; '.join(problems)}")
 
 
-from edgekit.results.cli import fmt_number, results, serve  # noqa: E402 (light: click only)
+from edgekit.results.cli import fmt_number, report, results, serve  # noqa: E402 (light: click only)
 
 from edgekit.transport.cli import make_bench_command  # noqa: E402 (light: click + stdlib)
 
@@ -578,6 +578,7 @@ def _store_report(report: dict, manifest: dict) -> None:
 
 cli.add_command(serve)
 cli.add_command(results)
+cli.add_command(report)
 cli.add_command(make_bench_command(store=_store_report))
 cli.add_command(distill_command)
 

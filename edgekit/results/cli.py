@@ -53,6 +53,7 @@ def serve(host: str, port: int, db: Path | None, bundles: tuple[Path, ...]) -> N
                    f"  store    {server.collector.store.path}\n"
                    f"  token    {token_source}\n"
                    f"  runner   EDGEKIT_TOKEN={token_hint} python -m edgekit_runner BUNDLE --collector {url}\n"
+                   f"  report   {url}/?token={token_hint}  (every stored run, with plots)\n"
                    "Ctrl-C to stop")
         sys.stdout.flush()
         server.serve_forever()
@@ -64,6 +65,31 @@ def serve(host: str, port: int, db: Path | None, bundles: tuple[Path, ...]) -> N
     finally:
         server.server_close()
         logger.removeHandler(handler)
+
+
+@click.command()
+@click.argument("bundles", nargs=-1, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--device", "-d", default=None,
+              help="Every stored run on this device id or for this profile id (with no BUNDLE).")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("report"),
+              show_default=True, help="Folder for report.html, report.md and the plots.")
+@click.option("--limit", "-n", type=click.IntRange(1, 1_000_000), default=200, show_default=True,
+              help="Newest N stored runs (with --device or no BUNDLE).")
+@_db_option
+def report(bundles: tuple[Path, ...], device: str | None, out: Path, limit: int, db: Path | None) -> None:
+    """Before/after report of BUNDLEs and their stored runs, or of every stored run for --device:
+    report.html (self-contained: tables, budgets, plots as inline SVG) and report.md."""
+    from edgekit.errors import ProjectError
+    from edgekit.report import collect, write_report
+    from edgekit.results.store import ResultsStore, default_db_path
+
+    if bundles and device:
+        raise ProjectError("give BUNDLE folders or --device, not both")
+    path = db or default_db_path()
+    store = ResultsStore(path) if path.exists() or not bundles else None  # bundles alone need no store
+    written = write_report(collect(bundles, store=store, device=device, limit=limit), out)
+    for name in ("html", "md"):
+        click.echo(f"{written[name]}")
 
 
 @click.command()

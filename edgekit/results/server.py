@@ -17,7 +17,9 @@
 503    the results database is unusable (the uploader keeps the report and retries)
 =====  ==================================================================================
 
-``GET /api/v1/health`` answers 200. Every request is logged as one line (logger
+``GET /api/v1/health`` answers 200. ``GET /`` is the report page (:mod:`edgekit.report`) over every stored
+run, newest 500, with plots: read-only, and only with the collector's token (``/?token=TOKEN`` or
+``Authorization: Bearer TOKEN``; 401 otherwise; the query is never logged). Every request is logged as one line (logger
 ``edgekit.results.server``); a bad request never stops the server.
 
 A report whose model sha256 matches a bundle the collector was given (``manifests``) is
@@ -62,6 +64,7 @@ LISTEN_BACKLOG = 128  # connections the kernel queues before accept (socketserve
 _BUSY = json.dumps({"error": "the collector is handling as many requests as it takes; retry shortly"}).encode()
 
 log = logging.getLogger(__name__)
+_PLOT_LOCK = threading.Lock()
 
 
 @dataclass
@@ -78,6 +81,15 @@ class Collector:
     received: list[str] = field(default_factory=list)  # run_ids stored by this collector, in order
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _counter: Iterator[int] = field(default_factory=itertools.count, repr=False)
+
+    def report_html(self) -> str:
+        """The report page over every stored run (newest 500): tables, budgets, plots (:mod:`edgekit.report`)."""
+        from edgekit.report import collect, plots, to_html
+
+        with _PLOT_LOCK:  # matplotlib's pyplot is not thread-safe
+            report = collect(store=self.store, limit=500)
+            report.title = f"edgekit collector — {len(report.variants)} stored runs ({self.store.path.name})"
+            return to_html(report, plots(report))
 
     def add_manifest(self, manifest: dict[str, Any]) -> None:
         """Reports of this bundle's model (by sha256) are stored with its manifest summary."""
@@ -147,10 +159,14 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
-        if self.path == HEALTH_PATH:
+        route, _, query = self.path.partition("?")
+        if route == HEALTH_PATH:
             self._reply(200, {"ok": True, "schema_versions": list(SUPPORTED_VERSIONS)})
+        elif route in ("/", "/index.html"):
+            self._report_page(query)
         else:
-            self._reply(404, {"error": f"no endpoint {self.path}; reports go to POST {REPORTS_PATH}"})
+            self._reply(404, {"error": f"no endpoint {route}; reports go to POST {REPORTS_PATH}, the report page is "
+                                       "GET /"})
 
     def do_POST(self) -> None:
         collector = self.server.collector
@@ -186,11 +202,34 @@ class _Handler(BaseHTTPRequestHandler):
             while size > 0 and (chunk := self.rfile.read(min(size, 1 << 16))):
                 size -= len(chunk)
 
+    def _report_page(self, query: str) -> None:
+        import hmac
+        from urllib.parse import parse_qs
+
+        auth = self.headers.get("Authorization", "")
+        given = parse_qs(query).get("token", [""])[0] or (auth[7:] if auth.startswith("Bearer ") else "")
+        if not given or not hmac.compare_digest(given.encode(), self.server.collector.token.encode()):
+            self._reply(401, {"error": "the report page needs the collector's token: /?token=TOKEN or "
+                                       "Authorization: Bearer TOKEN"})
+            return
+        try:
+            page = self.server.collector.report_html().encode("utf-8")
+        except ResultsError as e:
+            self._reply(503, {"error": f"cannot read the results store: {e}"})
+            return
+        log.info('%s "GET /" 200 %d', self.client_address[0], len(page))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(page)
+
     def _reply(self, status: int, answer: dict[str, Any]) -> None:
         """Log the request's one line (before answering: the client may act on the answer at once), then answer."""
         note = answer.get("error") or answer.get("message") or ""
         headers = getattr(self, "headers", None)  # absent when the request line itself was refused
-        log.info('%s "%s %s" %d %s %s %s', self.client_address[0], self.command, str(getattr(self, "path", "-"))[:200],
+        log.info('%s "%s %s" %d %s %s %s', self.client_address[0], self.command, str(getattr(self, "path", "-")).split("?")[0][:200],
                  status, headers.get("Content-Length", "-") if headers else "-", answer.get("run_id") or "-", note)
         payload = json.dumps(answer).encode("utf-8")
         self.send_response(status)

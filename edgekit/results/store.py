@@ -183,7 +183,8 @@ def manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "model_sha256": model_sha256(manifest),
         "quant": manifest.get("plan", {}).get("quant"),
         "validation": {k: validation.get(k) for k in ("where", "metric", "value", "max_abs_error",
-                                                      "top1_agreement")},
+                                                      "top1_agreement", "reference_value", "accuracy_drop")},
+        "budgets": manifest.get("budgets"),  # the build's checks (edgekit.budgets), None before they existed
         "versions": manifest.get("versions"),
     }
 

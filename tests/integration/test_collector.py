@@ -163,19 +163,29 @@ def test_serve_command_prints_url_creates_token_logs_and_stops_on_ctrl_c(home):
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as typed in a terminal
     try:
-        banner = [proc.stdout.readline() for _ in range(6)]  # read here: communicate() skips buffered lines
+        banner = [proc.stdout.readline() for _ in range(7)]  # read here: communicate() skips buffered lines
         assert banner[0].startswith("edgekit collector listening on http://127.0.0.1:"), banner
         url = banner[0].split()[-1]
         token = (home / "token").read_text().strip()
         assert oct((home / "token").stat().st_mode & 0o777) == "0o600"
         text = report_json()
         assert upload.post_report(url, token, text)[0] == 201
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the report page is not public
+            urllib.request.urlopen(f"{url}/", timeout=10)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(f"{url}/?token={token}", timeout=60) as page:
+            body = page.read().decode()
+        assert page.status == 200 and f"(run {json.loads(text)['run_id'][:12]})" in body
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert banner[3].split() == ["token", str(home / "token")] and f"--collector {url}" in banner[4]
-    assert banner[5].startswith("Ctrl-C") and out == ""
+    assert banner[5].split()[:2] == ["report", f"{url}/?token=$(cat"] and banner[6].startswith("Ctrl-C") and out == ""
+    assert token not in err  # the page's token is never logged
     assert '"POST /api/v1/reports" 201' in err and "stopped" in err
     assert [r.run_id for r in ResultsStore(home / "results.db").list_runs()] == [json.loads(text)["run_id"]]
 

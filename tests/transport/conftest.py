@@ -3,7 +3,7 @@
 The ssh server is the system's ``/usr/sbin/sshd``, started once per session on a free port,
 listening on 127.0.0.1 only, key-only (a generated host key and client key pair in a temp
 folder), no PAM. Run as root it allows root logins by key only (``prohibit-password``), which
-nothing outside this host can reach. A missing sshd fails the tests (run .ci/sshd-prereqs.sh);
+nothing outside this host can reach. A missing sshd fails the tests (run .ci/prereqs.sh);
 it does not skip them.
 
 This folder is a package (``__init__.py``) so that this conftest does not take the module name
@@ -56,7 +56,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
     missing = [p for p in (binary, shutil.which("ssh"), shutil.which("scp"), shutil.which("ssh-keygen"))
                if not p or not Path(p).exists()]
     if missing:
-        pytest.fail("the OpenSSH server or client is not installed; run .ci/sshd-prereqs.sh "
+        pytest.fail("the OpenSSH server or client is not installed; run .ci/prereqs.sh "
                     "(apt-get install openssh-server)", pytrace=False)
     d = tmp_path_factory.mktemp("sshd")
     for name in ("host_key", "client_key"):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what the transport tests drive for real (tests/transport): the OpenSSH server and
-# client, Debian's adb client, rsync. Idempotent and quiet; returns at once when all are there.
+# Install the system programs the tests drive for real: the OpenSSH server and client, Debian's adb
+# client and rsync (tests/transport), and Chromium (tests/integration/test_report.py renders the report
+# in it). Idempotent and quiet; returns at once when all are there.
 # .ci/run calls it before the tests. Needs root (or sudo) only when something is missing.
 set -euo pipefail
 
@@ -9,14 +10,15 @@ missing=()
 { command -v ssh && command -v scp && command -v ssh-keygen; } >/dev/null 2>&1 || missing+=(openssh-client)
 command -v adb >/dev/null 2>&1 || missing+=(adb)
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+{ command -v chromium || command -v chromium-browser; } >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=()
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null 2>&1 || { echo "sshd-prereqs: need root to install ${missing[*]}" >&2; exit 1; }
+    command -v sudo >/dev/null 2>&1 || { echo "prereqs: need root to install ${missing[*]}" >&2; exit 1; }
     sudo=(sudo)
   fi
-  echo "sshd-prereqs: installing ${missing[*]}" >&2
+  echo "prereqs: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
