@@ -213,6 +213,16 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
                    "latency_p90_ms, accuracy_drop (points), decode_tokens_per_s, time_to_first_token_ms.")
 @click.option("--fail-on-budget/--no-fail-on-budget", default=True, show_default=True,
               help="Exit with code 10 when a measured number misses a budget (the bundle is written either way).")
+@click.option("--search", "do_search", is_flag=True,
+              help="Try the recipes the profile allows (formats x schemes, with and without KD), measure each on "
+                   "--on, keep the Pareto front and ship the best within budgets (study in <out>.search/, "
+                   "resumable; report in <out>.search/report.html). --format / --quant narrow the space.")
+@click.option("--max-trials", type=click.IntRange(min=1), default=12, show_default=True,
+              help="--search: recipes to measure (recipes measured before in the study count).")
+@click.option("--on", "target", default="local", show_default=True, metavar="TARGET",
+              help="--search: where each trial runs (local, ssh://user@host, adb[:SERIAL]).")
+@click.option("--objective", type=click.Choice(["latency", "size", "metric", "memory"]), default="latency",
+              show_default=True, help="--search: which trial of the Pareto front within budgets ships.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Bundle folder  [default: build/<device>]")
 @click.option("--force", is_flag=True, help="Replace an existing bundle (atomically).")
@@ -222,7 +232,8 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
           quant: str, calib_samples: int, qat_epochs: int, group_size: int, keep_float: tuple[str, ...],
           max_accuracy_drop: float | None, distill: bool, budget: tuple[str, ...], fail_on_budget: bool,
-          out: Path | None, force: bool, dry_run: bool, as_json: bool) -> None:
+          do_search: bool, max_trials: int, target: str, objective: str, out: Path | None, force: bool,
+          dry_run: bool, as_json: bool) -> None:
     """Export, validate and bundle the project's model for DEVICE, and check the measured numbers against the
     device's budgets (exit code 10 when one is missed; the bundle is still written)."""
     from edgekit.api import plan_build
@@ -234,6 +245,9 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
                          group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop,
                          budget=parse_overrides(budget))
     profile, spec, plan, out = request.profile, request.project, request.plan, request.out
+    if do_search:
+        _search(ctx, request, fmt, quant, max_trials, target, objective, force, fail_on_budget, dry_run)
+        return
     if dry_run:
         _print_plan(_console(), plan, spec, out)
         return
@@ -271,6 +285,37 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
     else:
         _print_summary(con, result, profile, time.perf_counter() - t0)
     raise_if_missed(result.budgets, f"the bundle ({result.bundle}) was written, but it", fail_on_budget)
+
+
+def _search(ctx: click.Context, request: Any, fmt: str | None, quant: str, max_trials: int, target: str,
+            objective: str, force: bool, fail_on_budget: bool, dry_run: bool) -> None:
+    """``build --search``: edgekit.search, with progress lines and the pick's summary."""
+    from edgekit.budgets import BudgetMissed, EXIT_CODE
+    from edgekit.bundle import check_destination
+    from edgekit.search import candidates, search
+
+    profile, spec, out = request.profile, request.project, request.out
+    con = _console()
+    if dry_run:
+        for r in candidates(profile, spec, target == "local", fmt, quant, distill=request.plan.distill):
+            con.print(f"  {_e(r.describe())}")
+        return
+    if out.exists() and not force:
+        check_destination(out, force)
+    with _native_output_to_log(ctx.obj.debug) as (_, terminal):
+        con = _console(file=terminal[0] if terminal else None)
+        result = search(profile, spec, out, max_trials=max_trials, target=target, objective=objective,
+                        budget=dict(request.plan.budgets), fmt=fmt, quant=quant, say=lambda msg: con.print(_e(msg)),
+                        distill=request.plan.distill)
+    con = _console()
+    if result.report is not None:
+        con.print(f"report: {_e(result.report)} (every trial)")
+    if result.pick is None:
+        raise EdgekitError(f"every trial of the search failed; see {result.report}")
+    con.print(f"bundle: [bold]{_e(out)}[/] (trial #{result.pick.number}: {_e(result.pick.recipe.describe())})")
+    if not result.within_budgets and fail_on_budget:
+        raise BudgetMissed("no trial of the search is within every budget: " + "; ".join(result.missed or ["see the report"])
+                           + f" (the closest was shipped; exit code {EXIT_CODE}; --no-fail-on-budget to exit 0)")
 
 
 def _print_plan(con: Any, plan: Any, spec: Any, out: Path) -> None:

@@ -325,7 +325,7 @@ def _cells(v: Variant) -> dict[str, str]:
     return {
         "#": str(v.number),
         "variant": v.name + (f" ({v.note})" if v.note else ""),
-        "stage": {"pytorch": "PyTorch", "build": "build", "run": "bench run"}[v.stage],
+        "stage": {"pytorch": "PyTorch", "build": "build", "run": "bench run", "trial": "search trial"}[v.stage],
         "precision": v.precision or "",
         "size": "" if v.size_bytes is None else (f"{v.size_bytes / 1e6:.2f} MB" if v.size_bytes >= 1e6
                                                  else f"{v.size_bytes / 1024:.1f} KiB"),
