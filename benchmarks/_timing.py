@@ -8,12 +8,36 @@ from pathlib import Path
 import numpy as np
 
 
+class Eager:
+    """A PyTorch module timed like a runtime's loaded model (``evaluate.time_model`` calls ``bound``)."""
+
+    def __init__(self, module, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.module = module.eval()
+
+    def bound(self, arrays: list[np.ndarray]):
+        import torch
+
+        xs = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+
+        def run():
+            with torch.no_grad():
+                return self.module(*xs)
+
+        return run
+
+
 def interleaved_latency(paths: dict[str, Path], runtime: str, x: np.ndarray, threads: int,
-                        rounds: int) -> dict[str, list[float]]:
-    """Per-round median latency (ms) of each artifact, timed in alternating order."""
+                        rounds: int, eager=None) -> dict[str, list[float]]:
+    """Per-round median latency (ms) of each artifact (and of ``eager``, the PyTorch module, under the key
+    ``"eager"``), timed in alternating order."""
     from edgekit_runner import evaluate, runtimes
 
     models = {k: runtimes.load(p, runtime, threads=threads) for k, p in paths.items()}
+    if eager is not None:
+        models["eager"] = Eager(eager, threads)
     probe = max(evaluate.time_model(m, x, runs=5, warmup=3)["median"] for m in models.values())
     runs = max(10, min(2000, int(250 / max(probe, 1e-3))))
     medians: dict[str, list[float]] = {k: [] for k in models}

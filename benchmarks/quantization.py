@@ -89,8 +89,12 @@ def measure(name: str, fmt: str, backend: str, model, calib, ev, labels, work: P
         row[precision] = {"bytes": result.model_path.stat().st_size, "path": result.model_path,
                           "accuracy": v.value, "agreement": v.top1_agreement, "build_s": round(build_s, 1)}
     rounds_ms = interleaved_latency({p: row[p].pop("path") for p in ("fp32", "int8")}, exporter.runtime, ev[:1],
-                                    threads, rounds)
+                                    threads, rounds, eager=model)
+    eager_ms = rounds_ms.pop("eager")
     ratios = [a / b for a, b in zip(rounds_ms["fp32"], rounds_ms["int8"])]
+    row["eager"] = {"latency_ms": statistics.median(eager_ms), "round_medians_ms": eager_ms}
+    for precision in ("fp32", "int8"):  # speed against torch eager fp32, per round, median
+        row[f"{precision}_vs_eager"] = statistics.median(e / m for e, m in zip(eager_ms, rounds_ms[precision]))
     for precision, ms in rounds_ms.items():
         row[precision].update(latency_ms=statistics.median(ms), round_medians_ms=ms)
         print(f"  {name} {fmt} {precision}: {row[precision]}", flush=True)
@@ -114,19 +118,21 @@ def main() -> None:
             for fmt, backend in CASES:
                 rows.append(measure(name, fmt, backend, model, calib, ev, labels, Path(tmp), args.threads,
                                     args.rounds))
-    lines = ["| model | format | fp32 ms | int8 ms | fp32/int8 speed | fp32 KiB | int8 KiB | size ratio | "
-             "fp32 acc | int8 acc | delta (points) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | format | eager ms | fp32 ms | int8 ms | fp32/int8 speed | fp32 KiB | int8 KiB | size ratio | "
+             "fp32 acc | int8 acc | delta (points) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, q = r["fp32"], r["int8"]
-        lines.append(f"| {r['model']} | {r['format']} | {f['latency_ms']:.3f} | {q['latency_ms']:.3f} | "
+        lines.append(f"| {r['model']} | {r['format']} | {r['eager']['latency_ms']:.3f} | {f['latency_ms']:.3f} | "
+                     f"{q['latency_ms']:.3f} | "
                      f"{r['speedup']:.2f}x ({r['speedup_range'][0]:.2f}–{r['speedup_range'][1]:.2f}) | {f['bytes'] / 1024:.0f} | {q['bytes'] / 1024:.0f} | {r['size_ratio']:.4f} | "
                      f"{f['accuracy']:.2%} | {q['accuracy']:.2%} | {r['accuracy_delta_points']:+.2f} |")
     table = "\n".join(lines)
     note = ("digits: accuracy on the real eval split. mobilenet-v2 (random weights, random inputs): "
             "'acc' is top-1 agreement with PyTorch fp32. Latency: batch 1, "
-            f"{args.threads} runtime thread(s), fp32 and int8 timed in {args.rounds} alternating rounds on this "
-            "2-core shared host; speed = median of the per-round fp32/int8 ratios (range in brackets).")
-    write_results("quantization", "fp32 vs int8 per format", f"{table}\n\n{note}", rows)
+            f"{args.threads} runtime thread(s), torch eager fp32, fp32 and int8 timed in {args.rounds} alternating "
+            "rounds on this 2-core shared host; speed = median of the per-round fp32/int8 ratios (range in "
+            "brackets).")
+    write_results("quantization", "fp32 vs int8 per format", f"{table}\n\n{note}", rows, threads=args.threads)
     print(table)
 
 
