@@ -127,6 +127,8 @@ def candidates(profile: Any, project: Any, on_host: bool, fmt: str | None = None
         for q in ("fp16", "int8-dynamic", "int8-weight-only", "int4-weight-only", "int8-qat", "mixed"):
             schemes.append(Recipe(f, b, q))
         schemes += [Recipe(f, b, "int8", n, pc) for n, pc in INT8_VARIANTS]
+        if task == "language-model":  # each format's own LLM recipes (the planner maps the other int8 names to them)
+            schemes = [Recipe(f, b, q) for q in ("none", "int8-weight-only", "int4-weight-only")]
         for r in schemes:
             if quant != "auto" and r.quant != quant:
                 continue
