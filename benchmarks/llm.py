@@ -183,7 +183,8 @@ def main() -> None:
         if args.rebuild or not (out / "manifest.json").is_file():
             print(f"building SmolLM2 {name} -> {out}", file=sys.stderr)
             t0 = time.perf_counter()
-            edgekit.build(FORMATS[fmt], variant_project(quant, settings), quant=quant, format=fmt, out=out, force=True)
+            edgekit.build(FORMATS[fmt], variant_project(quant, settings), quant=quant, format=fmt, out=out, force=True,
+                          fail_on_budget=False)  # a benchmark measures; budgets gate deployments
             print(f"  built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         bundles[name] = out
     manifest = json.loads((bundles["onnx"] / "manifest.json").read_text())

@@ -100,7 +100,7 @@ def overhead(bundle: Path, threads: int, rounds: int, seconds: float) -> dict:
                 bare_p50.append(float(np.median(bare(runs[-1]))) / 1e6)
         ratios.append(runner_p50[-1] / bare_p50[-1])
     ratio = statistics.median(ratios)
-    return {"device": manifest["profile"]["id"], "runtime": f"{model.info['runtime']} {model.info['version']}",
+    return {"device": manifest.data["profile"]["id"], "runtime": f"{model.info['runtime']} {model.info['version']}",
             "threads": threads, "rounds": rounds, "runs_per_round": int(statistics.median(runs)),
             "runner_p50_ms": statistics.median(runner_p50), "bare_p50_ms": statistics.median(bare_p50),
             "ratio": ratio, "ratio_min": min(ratios), "ratio_max": max(ratios), "within_5pct": abs(ratio - 1) <= 0.05}
@@ -120,7 +120,8 @@ def repeatability(bundle: Path, threads: int, pairs: int) -> dict:
 
 
 def build(device: str, out: Path) -> Path:
-    subprocess.run([str(Path(sys.executable).parent / "edgekit"), "build", "-d", device, "--out", str(out)],
+    subprocess.run([str(Path(sys.executable).parent / "edgekit"), "build", "-d", device, "--out", str(out),
+                    "--no-fail-on-budget"],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return out
 

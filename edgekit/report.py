@@ -115,23 +115,17 @@ def from_bundle(path: Path) -> tuple[list[Variant], list[dict[str, Any]], dict[s
     d = manifest.get("distill")
     selection = (d or {}).get("selection") or {}
     shipped, model_parameters = selection.get("shipped", "distilled"), selection.get("model_parameters")
-    if d and task == "classification":
+    keys = {"classification": ("accuracy", "teacher_accuracy", "original_student_accuracy", "student_accuracy"),
+            "language-model": ("perplexity", "teacher_perplexity", "original_student_perplexity",
+                               "student_perplexity")}.get(task)
+    if d and keys:  # an embedding's distill record scores cosine to the teacher, not the bundle's metric
+        metric, teacher, original, student = keys
         rows += [Variant("teacher", source, "pytorch", "fp32", parameters=d.get("teacher_parameters"),
-                         metric="accuracy", value=d.get("teacher_accuracy"), where=PYTORCH_WHERE),
-                 Variant("[model] entry", source, "pytorch", "fp32", parameters=model_parameters, metric="accuracy",
-                         value=d.get("original_student_accuracy"), where=PYTORCH_WHERE,
-                         note="ships" if shipped == "model" else ""),
+                         metric=metric, value=d.get(teacher), where=PYTORCH_WHERE),
+                 Variant("[model] entry", source, "pytorch", "fp32", parameters=model_parameters, metric=metric,
+                         value=d.get(original), where=PYTORCH_WHERE, note="ships" if shipped == "model" else ""),
                  Variant("distilled student", source, "pytorch", "fp32", parameters=d.get("student_parameters"),
-                         metric="accuracy", value=d.get("student_accuracy"), where=PYTORCH_WHERE,
-                         note="ships" if shipped == "distilled" else "not shipped")]
-    elif d and task == "language-model":
-        rows += [Variant("teacher", source, "pytorch", "fp32", parameters=d.get("teacher_parameters"),
-                         metric="perplexity", value=d.get("teacher_perplexity"), where=PYTORCH_WHERE),
-                 Variant("[model] entry", source, "pytorch", "fp32", parameters=model_parameters, metric="perplexity",
-                         value=d.get("original_student_perplexity"), where=PYTORCH_WHERE,
-                         note="ships" if shipped == "model" else ""),
-                 Variant("distilled student", source, "pytorch", "fp32", parameters=d.get("student_parameters"),
-                         metric="perplexity", value=d.get("student_perplexity"), where=PYTORCH_WHERE,
+                         metric=metric, value=d.get(student), where=PYTORCH_WHERE,
                          note="ships" if shipped == "distilled" else "not shipped")]
     model, validation = manifest["model"], manifest.get("validation") or {}
     artifacts = []
