@@ -45,6 +45,7 @@ def bare_loop(path: Path, runtime: str, x: np.ndarray, threads: int):
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.x64quantprecision", "1")  # as the runner's sessions (exact int8)
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         feed = {sess.get_inputs()[0].name: x}
 
@@ -55,7 +56,12 @@ def bare_loop(path: Path, runtime: str, x: np.ndarray, threads: int):
 
         interp = Interpreter(model_path=str(path), num_threads=threads)
         interp.allocate_tensors()
-        interp.set_tensor(interp.get_input_details()[0]["index"], x)
+        detail = interp.get_input_details()[0]
+        if detail["dtype"] != np.float32:  # an int8-I/O model: quantize the input once, with the tensor's own step
+            scale, zero = detail["quantization"]
+            info = np.iinfo(detail["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(detail["dtype"])
+        interp.set_tensor(detail["index"], x)
         call = interp.invoke
     else:
         import torch

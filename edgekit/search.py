@@ -201,7 +201,8 @@ def search(profile: Any, project: Any, out: Path, *, max_trials: int = 12, targe
     digest = model_digest(project)
     by_key = {r.key: r for r in recipes}
     storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}", heartbeat_interval=30, grace_period=90)
-    name = f"{project.name}-{profile.id}-{hashlib.sha256((digest + str(tgt)).encode()).hexdigest()[:12]}"
+    space = "\n".join(r.key for r in recipes)  # Optuna keeps one set of choices per study: another set, another study
+    name = f"{project.name}-{profile.id}-{hashlib.sha256((digest + str(tgt) + space).encode()).hexdigest()[:12]}"
     study = optuna.create_study(study_name=name, storage=storage, directions=_directions(project.task.kind),
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
                                 load_if_exists=True)
@@ -244,10 +245,11 @@ def search(profile: Any, project: Any, out: Path, *, max_trials: int = 12, targe
         try:
             measured = _measure(profile, project, recipe, folder / "trials" / h, tgt, store, plan_options,
                                 lambda msg: say(f"  {msg}"))
-        except EdgekitError as e:
-            trial.set_user_attr("error", str(e))
-            say(f"  failed: {e}")
-            raise _Failed(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - any failure of one recipe is that trial's result, with its reason
+            reason = str(e) if isinstance(e, EdgekitError) else f"{type(e).__name__}: {e}"
+            trial.set_user_attr("error", reason.splitlines()[0][:500] if reason else type(e).__name__)
+            say(f"  failed: {reason}")
+            raise _Failed(reason) from None
         for k, v in measured.items():
             trial.set_user_attr(k, v)
         t = _from_optuna(trial, by_key, measured)
