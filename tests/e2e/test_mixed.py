@@ -104,17 +104,20 @@ def test_keep_float_is_checked(root, tmp_path):
 
 
 def test_report_analyses_the_network_build_ships(root):
-    """The default project declares a teacher: the report distils the student first, as `build`
-    does, unless --no-distill asks for the [model] entry."""
+    """The default project declares a teacher: the report distils the student first and keeps the network
+    `build` would ship. The 30-epoch KD student is not significantly better than the [model] entry on calib
+    (edgekit.selection), so that is the [model] entry, and the report says why; --no-distill analyses it
+    without distilling."""
     runs = {}
     for flag in ("--distill", "--no-distill"):
         result = edgekit("quantize-report", "--device", "pixel8", "--project", str(root), "--json", flag)
         assert result.exit_code == 0, result.output
         runs[flag] = json.loads(result.stdout)
-    assert runs["--distill"]["network"].startswith("the distilled student examples/digits/model.py:StudentCNN")
+    assert runs["--distill"]["network"].startswith(
+        "the [model] entry examples/digits/model.py:student (kept over the distilled student: the distilled "
+        "student is not significantly better than the model entry (accuracy on calib:")
     assert runs["--no-distill"]["network"] == "the [model] entry examples/digits/model.py:student"
-    # two different trained networks: their fp32 accuracies on the 360 eval images differ
-    assert runs["--distill"]["fp32_metric"] != runs["--no-distill"]["fp32_metric"]
+    assert runs["--distill"]["fp32_metric"] == runs["--no-distill"]["fp32_metric"]  # the same network
     for run in runs.values():
         assert [s["name"] for s in run["layers"]] == ["features.0", "features.2", "classifier.0", "classifier.2"]
 
