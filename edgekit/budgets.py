@@ -199,16 +199,23 @@ def for_build(limits: dict[str, float], task: str, model_bytes: int, validation:
     return check(limits, measured, task)
 
 
+def task_kind(manifest: dict[str, Any]) -> str:
+    """A manifest's task kind ({"kind": ...}), or the results store's manifest summary's (a string)."""
+    task = manifest.get("task") or (manifest.get("project") or {}).get("task") or "classification"
+    return task.get("kind", "classification") if isinstance(task, dict) else task
+
+
 def for_bench(limits: dict[str, float], manifest: dict[str, Any], report: dict[str, Any], target: str) -> list[Check]:
     """A bench report's measurements, where it ran."""
-    task = manifest.get("task") or "classification"  # a manifest's {"kind": ...}, or the store's summary's string
-    task = task.get("kind", "classification") if isinstance(task, dict) else task
-    lat, met, mem = (report.get(k) or {} for k in ("latency_ms", "metrics", "memory"))
-    peaks = [mem.get(k) for k in ("peak_rss_load_mb", "peak_rss_run_mb") if isinstance(mem.get(k), (int, float))]
+    from edgekit.results.store import peak_rss_mb
+
+    task = task_kind(manifest)
+    lat, met = (report.get(k) or {} for k in ("latency_ms", "metrics"))
+    peak = peak_rss_mb(report.get("memory") or {})
     size = (manifest.get("model") or {}).get("bytes")
     measured: dict[str, tuple[float | None, str | None]] = {
         "model_mb": (size / 1e6 if size else None, "the artifact"),
-        "peak_memory_mb": (max(peaks) if peaks else None, target),
+        "peak_memory_mb": (peak, target),
     }
     if task == "language-model":
         measured["decode_tokens_per_s"] = (met.get("decode_tokens_per_s"), target)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgekit.budgets import task_kind
 from edgekit.fsutil import write_bytes_atomic
 
 PYTORCH_WHERE = "PyTorch fp32 on this host (eval split)"
@@ -89,11 +90,6 @@ class Report:
 # ------------------------------------------------------------------ collecting rows
 
 
-def _task(manifest: dict[str, Any]) -> str:
-    task = manifest.get("task") or (manifest.get("project") or {}).get("task") or "classification"
-    return task.get("kind", "classification") if isinstance(task, dict) else task
-
-
 def _latency(stats: dict[str, Any]) -> dict[str, float]:
     out = {k: float(stats[k]) for k in ("min", "p50", "p90", "p99", "max")
            if isinstance(stats.get(k), (int, float)) and math.isfinite(stats[k])}
@@ -110,7 +106,7 @@ def from_bundle(path: Path) -> tuple[list[Variant], list[dict[str, Any]], dict[s
     manifest, problems = verify(path)
     if problems:
         raise BundleError(f"{path}: {problems[0]}")
-    source, task = str(path), _task(manifest)
+    source, task = str(path), task_kind(manifest)
     rows: list[Variant] = []
     d = manifest.get("distill")
     selection = (d or {}).get("selection") or {}
@@ -161,7 +157,7 @@ def from_run(run: Any) -> Variant:
     dev = report.get("device") or {}
     where = ", ".join(str(x) for x in (dev.get("node"), dev.get("arch"), dev.get("cpu_model")) if x) or "?"
     met = report.get("metrics") or {}
-    task = _task(manifest) if manifest else (met.get("task") or "classification")
+    task = task_kind(manifest) if manifest else (met.get("task") or "classification")
     row = Variant(f"{run.format or '?'}/{run.backend or '?'} {run.precision or '?'} on {run.profile or '?'}",
                   run.bundle_path or "results store", "run", run.precision, run.model_bytes, where=where,
                   run_id=run.run_id, when=run.created_at, latency=_latency(report.get("latency_ms") or {}),

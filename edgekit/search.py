@@ -351,12 +351,13 @@ def _measure(profile: Any, project: Any, recipe: Recipe, folder: Path, target: A
     if store is not None:
         store.add(report, manifest=manifest)
     task = project.task.kind
-    met, lat, mem = report.get("metrics") or {}, report.get("latency_ms") or {}, report.get("memory") or {}
-    peaks = [mem.get(k) for k in ("peak_rss_load_mb", "peak_rss_run_mb") if isinstance(mem.get(k), (int, float))]
+    from edgekit.results.store import peak_rss_mb
+
+    met, lat = report.get("metrics") or {}, report.get("latency_ms") or {}
     metric = "perplexity" if task == "language-model" else (manifest.get("validation") or {}).get("metric")
     return {"bundle": str(bundle), "metric": metric, "value": met.get(metric),
             "latency_p50_ms": lat.get("p50", lat.get("median")), "latency_p90_ms": lat.get("p90"),
-            "size_bytes": manifest["model"]["bytes"], "peak_memory_mb": max(peaks) if peaks else None,
+            "size_bytes": manifest["model"]["bytes"], "peak_memory_mb": peak_rss_mb(report.get("memory") or {}),
             "report": report, "run_id": report.get("run_id")}
 
 

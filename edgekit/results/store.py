@@ -353,7 +353,7 @@ def _row(report: RunReport, manifest: dict[str, Any] | None, received_at: dateti
         "latency_p90_ms": _number(report.latency_ms.get("p90")),
         "accuracy": _number(report.metrics.get("accuracy")),
         "model_bytes": _number(model.get("bytes"), report.memory.get("model_file_bytes")),
-        "peak_rss_mb": _peak_rss_mb(report.memory),
+        "peak_rss_mb": peak_rss_mb(report.memory),
         "task": _text(report.metrics.get("task") or (manifest or {}).get("task")),
         "metric": _text(report.metrics.get("metric")),
         "metric_value": _number(report.metrics.get(str(report.metrics.get("metric")))),
@@ -362,7 +362,7 @@ def _row(report: RunReport, manifest: dict[str, Any] | None, received_at: dateti
     }
 
 
-def _peak_rss_mb(memory: dict[str, Any]) -> float | None:
+def peak_rss_mb(memory: dict[str, Any]) -> float | None:
     """The larger of the peaks while loading and while running (schema 2); None where neither was measured."""
     peaks = [_number(memory.get(k)) for k in ("peak_rss_load_mb", "peak_rss_run_mb")]
     return max((p for p in peaks if p is not None), default=None)
