@@ -80,11 +80,37 @@ class Variant:
 
 
 @dataclass
+class History:
+    """The stored runs of one bundle's model on one device, oldest first: what changed from run to run."""
+
+    device: str  # the runner's host name, and the profile the bundle was built for
+    bundle: str  # the bundle's folder name as the runner reported it, and its model's sha256 prefix
+    runs: list[Variant]
+
+    @property
+    def trend(self) -> str:
+        """First against last run: latency p50 (decode tokens/s for a language model) and the task metric."""
+        first, last = self.runs[0], self.runs[-1]
+        parts = [f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''}"
+                 + (f", {first.when} to {last.when}" if len(self.runs) > 1 else f", {first.when}")]
+        lm = first.metric == "perplexity"
+        a, b = (first.tokens_per_s, last.tokens_per_s) if lm else (first.latency.get("p50"), last.latency.get("p50"))
+        if len(self.runs) > 1 and a and b:
+            unit = " tokens/s" if lm else " ms p50"
+            parts.append(f"{a:.3f} → {b:.3f}{unit} ({b / a - 1:+.1%})")
+        if len(self.runs) > 1 and first.value is not None and last.value is not None and first.metric == last.metric:
+            f = ".3f" if lm else ".2%"
+            parts.append(f"{first.metric} {first.value:{f}} → {last.value:{f}}")
+        return "; ".join(parts)
+
+
+@dataclass
 class Report:
     title: str
     variants: list[Variant]
     sensitivity: list[dict[str, Any]] = field(default_factory=list)  # per-layer rows of a --quant mixed build
     notes: list[str] = field(default_factory=list)
+    history: list[History] = field(default_factory=list)  # stored runs per device and bundle
 
 
 # ------------------------------------------------------------------ collecting rows
@@ -173,15 +199,18 @@ def from_run(run: Any) -> Variant:
     return row
 
 
-def collect(bundles: Sequence[Path] = (), store: Any = None, device: str | None = None, limit: int = 200) -> Report:
+def collect(bundles: Sequence[Path] = (), store: Any = None, device: str | None = None, limit: int = 200,
+            of_bundle: str | None = None) -> Report:
     """The report of ``bundles`` (and their stored runs, when a store is given), or of every stored run for
-    ``device`` (or of every stored run, with neither)."""
+    ``device`` and/or ``of_bundle`` (a bundle path as the runner reported it, or a model sha256 prefix), or of
+    every stored run. Stored runs are also grouped per device and bundle (:class:`History`)."""
     from edgekit.results.store import model_sha256
 
     variants: list[Variant] = []
     sensitivity: list[dict[str, Any]] = []
     notes: list[str] = []
     shas: dict[str, str] = {}
+    history: list[History] = []
     for path in bundles:
         rows, layers, manifest = from_bundle(Path(path))
         variants += rows
@@ -189,17 +218,25 @@ def collect(bundles: Sequence[Path] = (), store: Any = None, device: str | None 
         if (sha := model_sha256(manifest)) is not None:
             shas[sha] = str(path)
     if store is not None:
-        runs = store.list_runs(device=device, limit=limit) if device or not bundles else \
-            [r for r in store.list_runs(limit=100_000) if r.model_sha256 in shas]
-        variants += [from_run(r) for r in sorted(runs, key=lambda r: r.created_at)]
+        runs = store.list_runs(device=device, bundle=of_bundle, limit=limit) if device or of_bundle or not bundles \
+            else [r for r in store.list_runs(limit=100_000) if r.model_sha256 in shas]
+        groups: dict[tuple[str, str], History] = {}
+        for r in sorted(runs, key=lambda r: r.created_at):
+            variants.append(row := from_run(r))
+            name = Path(r.bundle_path).name if r.bundle_path else "?"
+            key = (f"{r.device_id or '?'} ({r.profile or '?'})", f"{name} ({(r.model_sha256 or '?')[:12]})")
+            groups.setdefault(key, History(*key, runs=[])).runs.append(row)
+        history = sorted(groups.values(), key=lambda h: (h.device, h.bundle))
         if not runs:
-            notes.append("no stored runs " + (f"for {device}" if device else "of these bundles")
+            what = " and ".join(x for x in (device and f"for {device}", of_bundle and f"of {of_bundle}") if x)
+            notes.append("no stored runs " + (what or "of these bundles")
                          + ": `edgekit bench BUNDLE --on TARGET` measures and stores them")
     mark_pareto(variants)
     for i, v in enumerate(variants, 1):
         v.number = i
-    title = "edgekit report — " + (", ".join(Path(b).name for b in bundles) if bundles else device or "all runs")
-    return Report(title, variants, sensitivity, notes)
+    title = "edgekit report — " + (", ".join(Path(b).name for b in bundles) if bundles
+                                   else " · ".join(x for x in (device, of_bundle) if x) or "all runs")
+    return Report(title, variants, sensitivity, notes, history)
 
 
 def mark_pareto(variants: list[Variant]) -> None:
@@ -296,6 +333,29 @@ def plots(report: Report) -> dict[str, str]:
         ax.set_title("latency distribution per variant" + (" (language models: per decoded token)" if per_token else ""))
         ax.grid(axis="x", alpha=0.3)
         out["latency-per-token" if per_token else "latency"] = _svg(fig)
+    for lm in (False, True):  # history: each device and bundle's runs over time
+        lines = [(h, [v for v in h.runs if v.when and (v.tokens_per_s if lm else v.latency.get("p50"))])
+                 for h in report.history if (h.runs[0].metric == "perplexity") == lm]
+        lines = [(h, rows) for h, rows in lines if rows]
+        if not lines:
+            continue
+        from datetime import datetime
+
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        for h, rows in lines:
+            ax.plot([datetime.fromisoformat(v.when) for v in rows],
+                    [v.tokens_per_s if lm else v.latency["p50"] for v in rows], "o-", ms=4, lw=1,
+                    label=f"{h.device} · {h.bundle}")
+        ax.set_ylabel("decode tokens/s" if lm else "latency p50, ms")
+        ax.set_title("history: each device and bundle's stored runs over time")
+        ax.legend(loc="best", fontsize=7)
+        ax.grid(alpha=0.3)
+        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
+        locator = AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+        out["history-per-token" if lm else "history"] = _svg(fig)
     return out
 
 
@@ -303,6 +363,9 @@ def plots(report: Report) -> dict[str, str]:
 
 COLUMNS = ("#", "variant", "stage", "precision", "size", "parameters", "metric", "agreement", "latency p50 / p90",
            "decode tokens/s", "peak memory", "budgets", "Pareto", "measured on", "source")
+
+
+HISTORY_COLUMNS = ("when", "#", "metric", "latency p50 / p90", "decode tokens/s", "peak memory", "budgets")
 
 
 def _cells(v: Variant) -> dict[str, str]:
@@ -349,6 +412,16 @@ def markdown(report: Report, images: dict[str, str]) -> str:
                 measured = "" if b["measured"] is None else f"{b['measured']:.4g} {b['unit']}"
                 lines.append(f"| {v.label} | {v.source} | {b['key']} | {b['status']} | {measured} | "
                              f"{op} {b['limit']:g} {b['unit']} | {b['where'] or ''} |")
+    if report.history:
+        lines += ["", "## History per device and bundle"]
+        for h in report.history:
+            lines += ["", f"### {h.device} · {h.bundle}", "", h.trend, "",
+                      "| when | # | metric | latency p50 / p90 | decode tokens/s | peak memory | budgets |",
+                      "|---|---|---|---|---|---|---|"]
+            for v in h.runs:
+                c = _cells(v)
+                lines.append(f"| {v.when} | {v.number} | {c['metric']} | {c['latency p50 / p90']} | "
+                             f"{c['decode tokens/s']} | {c['peak memory']} | {c['budgets']} |")
     if report.sensitivity:
         lines += ["", "## Per-layer int8 sensitivity", "", "| layer | type | params | drop (points) | keeps |",
                   "|---|---|---|---|---|"]
@@ -392,6 +465,18 @@ def to_html(report: Report, svgs: dict[str, str]) -> str:
                            f"<td>{'&le;' if b['upper'] else '&ge;'} {b['limit']:g} {e(b['unit'])}</td>"
                            f"<td>{e(b['where'] or '')}</td></tr>")
         out.append("</tbody></table>")
+    if report.history:
+        out.append("<h2>History per device and bundle</h2>")
+        for h in report.history:
+            out.append(f"<section class=history data-device=\"{e(h.device)}\" data-bundle=\"{e(h.bundle)}\">"
+                       f"<h3>{e(h.device)} · {e(h.bundle)}</h3><p class=trend>{e(h.trend)}</p><table><thead><tr>"
+                       + "".join(f"<th>{c}</th>" for c in HISTORY_COLUMNS) + "</tr></thead><tbody>")
+            for v in h.runs:
+                c = _cells(v)
+                c["when"] = v.when or ""
+                out.append(f"<tr data-run=\"{e(v.run_id or '')}\">"
+                           + "".join(f"<td data-col=\"{e(k)}\">{e(c[k])}</td>" for k in HISTORY_COLUMNS) + "</tr>")
+            out.append("</tbody></table></section>")
     if report.sensitivity:
         out.append("<h2>Per-layer int8 sensitivity</h2><table id=sensitivity><thead><tr><th>layer</th><th>type</th>"
                    "<th>params</th><th>drop (points)</th><th>keeps</th></tr></thead><tbody>")
@@ -401,7 +486,9 @@ def to_html(report: Report, svgs: dict[str, str]) -> str:
         out.append("</tbody></table>")
     for name, svg in svgs.items():
         caption = (f"{name.split('-', 1)[1]} against speed; the Pareto front is marked (red)." if name.startswith("pareto")
-                   else "Artifact size per variant." if name == "size" else "Latency distribution per variant.")
+                   else "Artifact size per variant." if name == "size"
+                   else "Stored runs over time, one line per device and bundle." if name.startswith("history")
+                   else "Latency distribution per variant.")
         out.append(f"<figure id=plot-{name}>{svg}<figcaption>{e(caption)}</figcaption></figure>")
     out.append("<script type=application/json id=data>"
                + json.dumps([asdict(v) for v in report.variants]).replace("</", "<\\/") + "</script>")

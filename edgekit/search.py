@@ -200,13 +200,20 @@ def search(profile: Any, project: Any, out: Path, *, max_trials: int = 12, targe
     say("search: hashing the model (a recipe measured before is not measured again)")
     digest = model_digest(project)
     by_key = {r.key: r for r in recipes}
-    storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}", heartbeat_interval=30, grace_period=90)
+    import warnings
+
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9; resuming needs them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{folder / 'study.db'}", heartbeat_interval=30,
+                                             grace_period=90)
     space = "\n".join(r.key for r in recipes)  # Optuna keeps one set of choices per study: another set, another study
     name = f"{project.name}-{profile.id}-{hashlib.sha256((digest + str(tgt) + space).encode()).hexdigest()[:12]}"
     study = optuna.create_study(study_name=name, storage=storage, directions=_directions(project.task.kind),
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4),
                                 load_if_exists=True)
-    optuna.storages.fail_stale_trials(study)  # a worker that died mid-trial: its recipe is free again
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a worker that died mid-trial: its recipe is free again
 
     def done() -> dict[str, Trial]:
         """Measured or failed-with-a-reason trials by content hash (interrupted ones are not done)."""
@@ -272,7 +279,7 @@ def search(profile: Any, project: Any, out: Path, *, max_trials: int = 12, targe
     trials = [t for t in (_from_optuna(t, by_key) for t in study.get_trials(deepcopy=False)) if t is not None]
     for t in trials:
         t.check(limits, str(tgt))
-    return _pick_and_ship(trials, objective, limits, out, folder, project.task.kind, say, store)
+    return _pick_and_ship(trials, objective, limits, out, folder, project.task.kind, say, store, str(tgt))
 
 
 class _Failed(Exception):
@@ -378,7 +385,7 @@ def pareto_front(trials: list[Trial], task: str) -> list[Trial]:
 
 
 def _pick_and_ship(trials: list[Trial], objective: str, limits: dict[str, float], out: Path, folder: Path,
-                   task: str, say: Callable[[str], None], store: Any) -> SearchResult:
+                   task: str, say: Callable[[str], None], store: Any, target: str = "local") -> SearchResult:
     from edgekit.budgets import KEYS
 
     measured = [t for t in trials if t.state == "measured"]
@@ -411,7 +418,7 @@ def _pick_and_ship(trials: list[Trial], objective: str, limits: dict[str, float]
         pick = None
     if pick is not None:
         pick.picked = True
-        _ship(Path(pick.bundle), out, pick)
+        _ship(Path(pick.bundle), out, pick, target)
     report = _write_report(trials, folder, store)
     if pick is None:
         say("search: every trial failed; see the report")
@@ -430,7 +437,7 @@ def _best_word(objective: str) -> str:
     return {"latency": "fastest", "size": "smallest", "metric": "most accurate", "memory": "leanest"}[objective]
 
 
-def _ship(bundle: Path, out: Path, pick: Trial) -> None:
+def _ship(bundle: Path, out: Path, pick: Trial, target: str) -> None:
     """The picked trial's bundle to ``out``, atomically (its manifest says which search trial it is)."""
     from edgekit.bundle import BundleWriter, verify
 
@@ -443,7 +450,7 @@ def _ship(bundle: Path, out: Path, pick: Trial) -> None:
                 continue
             dest = writer.staging / item.name
             shutil.copytree(item, dest) if item.is_dir() else shutil.copy2(item, dest)
-        manifest["search"] = {"trial": pick.number, "recipe": asdict(pick.recipe), "hash": pick.hash,
+        manifest["search"] = {"trial": pick.number, "recipe": asdict(pick.recipe), "hash": pick.hash, "target": target,
                               "pareto": pick.pareto, "within_budgets": pick.within_budgets,
                               "measured": {"latency_p50_ms": pick.latency_p50_ms, "peak_memory_mb": pick.peak_memory_mb,
                                            pick.metric or "metric": pick.value}}

@@ -53,7 +53,7 @@ def serve(host: str, port: int, db: Path | None, bundles: tuple[Path, ...]) -> N
                    f"  store    {server.collector.store.path}\n"
                    f"  token    {token_source}\n"
                    f"  runner   EDGEKIT_TOKEN={token_hint} python -m edgekit_runner BUNDLE --collector {url}\n"
-                   f"  report   {url}/?token={token_hint}  (every stored run, with plots)\n"
+                   f"  report   {url}/?token={token_hint}  (every stored run, with plots; &device=D&bundle=B narrow it)\n"
                    "Ctrl-C to stop")
         sys.stdout.flush()
         server.serve_forever()

@@ -18,7 +18,8 @@
 =====  ==================================================================================
 
 ``GET /api/v1/health`` answers 200. ``GET /`` is the report page (:mod:`edgekit.report`) over every stored
-run, newest 500, with plots: read-only, and only with the collector's token (``/?token=TOKEN`` or
+run, newest 500, with plots and the history of runs per device and bundle (``&device=ID_OR_PROFILE`` and
+``&bundle=PATH_OR_SHA256_PREFIX`` narrow it): read-only, and only with the collector's token (``/?token=TOKEN`` or
 ``Authorization: Bearer TOKEN``; 401 otherwise; the query is never logged). Every request is logged as one line (logger
 ``edgekit.results.server``); a bad request never stops the server.
 
@@ -82,13 +83,17 @@ class Collector:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _counter: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
-    def report_html(self) -> str:
-        """The report page over every stored run (newest 500): tables, budgets, plots (:mod:`edgekit.report`)."""
+    def report_html(self, device: str | None = None, bundle: str | None = None) -> str:
+        """The report page over the stored runs (newest 500), optionally of one ``device`` (id or profile) and/or
+        ``bundle`` (path or model sha256 prefix): tables, history per device and bundle, budgets, plots
+        (:mod:`edgekit.report`)."""
         from edgekit.report import collect, plots, to_html
 
         with _PLOT_LOCK:  # matplotlib's pyplot is not thread-safe
-            report = collect(store=self.store, limit=500)
-            report.title = f"edgekit collector — {len(report.variants)} stored runs ({self.store.path.name})"
+            report = collect(store=self.store, limit=500, device=device, of_bundle=bundle)
+            which = " · ".join(x for x in (device, bundle) if x)
+            report.title = (f"edgekit collector — {len(report.variants)} stored runs"
+                            + (f" of {which}" if which else "") + f" ({self.store.path.name})")
             return to_html(report, plots(report))
 
     def add_manifest(self, manifest: dict[str, Any]) -> None:
@@ -207,13 +212,15 @@ class _Handler(BaseHTTPRequestHandler):
         from urllib.parse import parse_qs
 
         auth = self.headers.get("Authorization", "")
-        given = parse_qs(query).get("token", [""])[0] or (auth[7:] if auth.startswith("Bearer ") else "")
+        params = parse_qs(query)
+        given = params.get("token", [""])[0] or (auth[7:] if auth.startswith("Bearer ") else "")
         if not given or not hmac.compare_digest(given.encode(), self.server.collector.token.encode()):
             self._reply(401, {"error": "the report page needs the collector's token: /?token=TOKEN or "
                                        "Authorization: Bearer TOKEN"})
             return
         try:
-            page = self.server.collector.report_html().encode("utf-8")
+            page = self.server.collector.report_html(device=params.get("device", [None])[0] or None,
+                                                     bundle=params.get("bundle", [None])[0] or None).encode("utf-8")
         except ResultsError as e:
             self._reply(503, {"error": f"cannot read the results store: {e}"})
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -136,3 +137,32 @@ def test_a_language_model_is_benchmarked_over_ssh_and_stored(sshd, lm_built, run
     assert run.status == OK and run.peak_rss_mb > 0
     assert run.metrics["decode_tokens_per_s"] > 0 and run.metrics["time_to_first_token_ms"] > 0
     assert run.metrics["perplexity"] > 1 and run.metrics["greedy_agreement"] == 1.0
+
+
+def test_the_recipe_search_measures_every_trial_on_the_device_over_ssh(sshd, runner_python, root, edgekit_home,
+                                                                      tmp_path):
+    """`edgekit build --search --on ssh://...`: each trial's bundle runs on the device (a torch-free interpreter
+    behind a real sshd), its run lands in the store, and the pick says where it was measured."""
+    from click.testing import CliRunner
+
+    from edgekit.bundle import verify
+    from edgekit.cli import cli
+    from edgekit.results.store import ResultsStore
+
+    logins = sshd.logins()
+    out = tmp_path / "pi5"
+    result = CliRunner().invoke(cli, ["build", "-d", "raspberry-pi-5", "--project", str(root), "--search",
+                                      "--format", "onnx", "--no-distill", "--max-trials", "2",
+                                      "--on", sshd.spec(runner_python), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"measured on ssh://{sshd.user}@127.0.0.1:{sshd.port}" in text
+    assert len(re.findall(r"trial #\d+ \(\d of 2\)", text)) == 2
+    assert sshd.logins() >= logins + 2  # one session (at least) per trial
+    runs = ResultsStore(edgekit_home / "results.db").list_runs()
+    assert len(runs) == 2 and {r.format for r in runs} == {"onnx"} and {r.precision for r in runs} == {"fp32", "int8"}
+    assert all(r.status == OK and r.profile == "raspberry-pi-5" and r.metric_value > 0.9 for r in runs)
+    manifest, problems = verify(out)
+    assert problems == [] and manifest["search"]["target"] == f"ssh://{sshd.user}@127.0.0.1:{sshd.port}"
+    (shipped,) = [r for r in runs if r.precision == manifest["model"]["precision"]]  # its run over ssh
+    assert manifest["search"]["measured"]["latency_p50_ms"] == shipped.latency_p50_ms
