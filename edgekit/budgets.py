@@ -181,7 +181,11 @@ def for_build(limits: dict[str, float], task: str, model_bytes: int, validation:
     lat = validation.host_latency_ms
     if validation.where != "target-runtime":  # a host twin's speed says nothing of the device's path
         host, lat = None, {}
-    twin = "validated on a host twin, not the device's runtime: edgekit bench on the device measures it"
+    twin = ("validated on Qualcomm's HTP emulator, whose speed says nothing of the phone: edgekit bench on the "
+            "device measures it" if validation.where == "htp-emulator" else
+            "validated on a host twin, not the device's runtime: edgekit bench on the device measures it")
+    where = {"target-runtime": host_where(), "htp-emulator": f"Qualcomm's HTP emulator ({validation.n_samples} "
+             "eval samples)"}.get(validation.where, "a host twin")
     measured: dict[str, tuple[float | None, str | None]] = {
         "model_mb": (model_bytes / 1e6, "the artifact"),
         "peak_memory_mb": (None, "by edgekit bench, not by the build"),
@@ -194,8 +198,7 @@ def for_build(limits: dict[str, float], task: str, model_bytes: int, validation:
     else:
         measured["latency_p90_ms"] = (lat.get("p90"), f"{host}, batch {lat.get('batch', 1)}" if host else twin)
         measured["accuracy_drop"] = (validation.accuracy_drop if quantized else None,
-                                     (host_where() if validation.where == "target-runtime" else "a host twin")
-                                     if quantized else "fp32: held to the export tolerance instead")
+                                     where if quantized else "fp32: held to the export tolerance instead")
     return check(limits, measured, task)
 
 

@@ -325,12 +325,37 @@ def _print_plan(con: Any, plan: Any, spec: Any, out: Path) -> None:
     con.print(f"  {'bundle':<17} {_e(out)}")
 
 
+def _print_npu(con: Any, manifest: dict) -> None:
+    """The compile stage's record: what was compiled for which chip, and the emulator against the CPU EP."""
+    q = (manifest["model"].get("export_details") or {}).get("qnn")
+    if not q:
+        return
+    chip = f"{q['chip']} (HTP v{q['htp_arch']})"
+    if not q.get("compiled"):
+        con.print(f"  [bold red]NPU: NOT compiled for {_e(chip)} and NOT validated on its emulator[/]: "
+                  + _e("pip install 'edgekit[qnn]' (the phone will compile the model at first load)"))
+        return
+    c, v, cpu = q["compiled"], manifest["validation"], manifest["validation"].get("cpu_ep") or {}
+    against = (v.get("against") or {}).get("onnxruntime CPU EP") or {}
+    con.print(f"  NPU: compiled for {_e(chip)} in {c['seconds']:.2f} s (QNN {_e(c['qnn'])}, onnxruntime-qnn "
+              f"{_e(c['onnxruntime_qnn'])}): {_e(c['file'])} + {_e(', '.join(c['binaries']))} "
+              f"({c['bytes'] / 1024:.1f} KiB); all {q['placement']['nodes']} nodes on the HTP")
+    line = (f"  HTP emulator, {v['n_samples']} eval samples: {v['metric']} {v['value']:.2%} (PyTorch "
+            f"{v['reference_value']:.2%}, CPU EP {cpu.get('value', float('nan')):.2%} on all {cpu.get('n_samples')})"
+            if v.get("metric") == "accuracy" else f"  HTP emulator, {v['n_samples']} eval samples")
+    if against:
+        agree = against.get("top1_agreement")
+        line += ("; against the CPU EP: " + (f"top-1 agreement {agree:.1%}, " if agree is not None else "")
+                 + f"max abs difference {against['max_abs_error']:.3g}")
+    con.print(line + f"; {q['emulator_ms_per_call']:.1f} ms per call on the emulator (not the phone's speed)")
+
+
 def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     from rich.table import Table
 
     v, m = result.validation, result.manifest["model"]
-    where = ("in its target runtime" if v.where == "target-runtime"
-             else f"on a host twin: {result.plan.host_twin}")
+    where = ("in its target runtime" if v.where == "target-runtime" else "on Qualcomm's HTP emulator"
+             if v.where == "htp-emulator" else f"on a host twin: {result.plan.host_twin}")
     con.print(f"[bold]build summary[/] — {m['file']} {m['format']}/{m['backend']} {m['precision']}, "
               f"validated {where} ({v.runtime.get('runtime')} {v.runtime.get('version')}, {v.n_samples} samples)")
     if (d := result.manifest.get("distill")) and d.get("task") == "embedding":
@@ -376,7 +401,8 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
         rows |= {
             "max abs error": [f"{c[1].max_abs_error:.2e}" for c in columns] + [""],
             "SQNR vs PyTorch": [_sqnr(c[1]) for c in columns] + [""],
-            "host latency (median)": [f"{c[1].host_latency_ms['median']:.3f} ms" for c in columns] + [""],
+            "host latency (median)": [f"{c[1].host_latency_ms['median']:.3f} ms"
+                                      + (" (emulator)" if c[1].where == "htp-emulator" else "") for c in columns] + [""],
         }
     for label, values in rows.items():
         table.add_row(label, *values)
@@ -391,6 +417,7 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
              else f"ran in the runtime, accuracy drop {v.accuracy_drop:.2f} points (the budget is checked below)"
              if v.max_accuracy_drop is not None else f"the {result.plan.task} task's thresholds")
     con.print(f"  validated: {check}; latency is this host's (batch {v.host_latency_ms['batch']}), not the device's")
+    _print_npu(con, result.manifest)
     for w in result.warnings:
         con.print(f"  [yellow]warning[/]: {_e(w)}")
     from edgekit.budgets import print_checks

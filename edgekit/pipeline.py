@@ -31,7 +31,7 @@ from edgekit_runner.manifest import INPUT, REFERENCE
 from edgekit import signals
 from edgekit.bundle import BundleWriter
 from edgekit.bundle_manifest import artifact_dtypes, compose_manifest, copy_runner
-from edgekit.errors import ProjectError
+from edgekit.errors import ProjectError, ValidationFailed
 from edgekit.export import EXPORTERS
 from edgekit.export.base import ExportResult, subdir
 from edgekit.fsutil import remove_if_owner_dead
@@ -95,6 +95,8 @@ class Build:
     manifest: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     language_model: dict[str, Any] | None = None  # a language model's reference and settings (edgekit.lm.build)
+    qnn: dict[str, Any] | None = None  # the compile stage's record: chip, context binary, placement
+    cpu_validation: ValidationResult | None = None  # the shipped artifact on the CPU EP, beside the emulator's
 
     @property
     def input_names(self) -> list[str]:
@@ -231,6 +233,62 @@ def qat_stage(b: Build) -> None:
         details["kd"] = {"teacher": b.project.teacher.source, **b.distilled["loss"]}
 
 
+EMULATOR_SECONDS = 60.0  # the HTP emulator's share of a build: the eval samples it runs are cut to fit (recorded)
+
+
+def compile_stage(b: Build) -> None:
+    """onnx/qnn: the artifact compiled ahead of time for the profile's Snapdragon (EPContext model + QNN context
+    binary), every node checked to be on the HTP, and validated on Qualcomm's HTP emulator against PyTorch and
+    against the CPU EP. Without ``onnxruntime-qnn`` the bundle is validated on the CPU EP only, and says so."""
+    from edgekit import qnn
+    from edgekit_runner import evaluate, runtimes
+
+    chip = b.plan.qnn
+    label = f"{chip['chip']} (HTP v{chip['htp_arch']})"
+    if not chip["emulator"] or not qnn.available():
+        b.warnings.append(f"NOT compiled for {label} and NOT validated on its NPU: the QNN HTP emulator is not "
+                          f"installed ({qnn.INSTALL}); validated on the CPU EP only, and the phone compiles the "
+                          "model at first load")
+        b.qnn = {**chip, "compiled": None, "validated_on": "onnxruntime CPU EP only"}
+        return
+    model = b.result.model_path
+    b.say("compile", f"QNN context binary for {label}")
+    placed = qnn.placement(model, chip["soc_model"], chip["htp_arch"], chip["chip"])
+    compiled = qnn.compile_context(model, chip["soc_model"], chip["htp_arch"])
+    options = {"soc_model": chip["soc_model"], "htp_arch": chip["htp_arch"], "compiled": {"file": compiled["file"]}}
+    inputs, n = b.eval_inputs, len(b.reference[0])
+    loaded = runtimes.load(model, "onnxruntime", target=qnn.QNN, options=options)
+    sample = evaluate.as_input_list(loaded, inputs)
+    t0 = time.perf_counter()
+    loaded.run([a[: evaluate.batch_size(loaded)] for a in sample])
+    per_call = time.perf_counter() - t0
+    batch = evaluate.batch_size(loaded)
+    k = n if per_call * n / batch <= EMULATOR_SECONDS else min(n, max(100, int(EMULATOR_SECONDS / per_call) * batch))
+    b.say("validate-npu", f"{k} of {n} eval samples on the HTP emulator ({per_call * 1000:.0f} ms per call) "
+                          "against PyTorch and the CPU EP")
+    subset = {name: a[:k] for name, a in inputs.items()}
+    cpu = evaluate.run_dataset(runtimes.load(model, "onnxruntime"), subset)
+    ev = b.splits["eval"]
+    quantized = b.quantized is not None
+    v = validate(model, "onnxruntime", subset, None if ev.y is None else ev.y[:k], [r[:k] for r in b.reference],
+                 b.output_names, None, "htp-emulator", target=qnn.QNN, timing_runs=3,
+                 max_accuracy_drop=b.plan.max_accuracy_drop if quantized and b.project.task.kind == "classification"
+                 else None, task=b.project.task.kind, task_options=b.project.task.options(),
+                 quantized=quantized and b.plan.precision.startswith("int"), target_options=options,
+                 against={"onnxruntime CPU EP": cpu})
+    ran = v.runtime.get("qnn") or {}
+    if v.runtime.get("model_file") != compiled["file"] or not ran.get("ran") or ran.get("nodes_not_on_qnn"):
+        raise ValidationFailed(f"the compiled model did not run on the HTP emulator as a whole: ran "
+                               f"{v.runtime.get('model_file')} on {v.runtime.get('provider')}; off QNN: "
+                               f"{', '.join(ran.get('nodes_not_on_qnn') or []) or 'none'}; {v.runtime.get('fallback')}")
+    v.note = (f"{k} of {n} eval samples: the emulator ran {per_call * 1000:.1f} ms per call on this host, and "
+              f"a build gives it about {EMULATOR_SECONDS:.0f} s" if k < n else f"all {n} eval samples")
+    v.raise_if_failed()
+    b.cpu_validation, b.validation = b.validation, v
+    b.qnn = {**chip, "compiled": compiled, "placement": placed, "emulator_ms_per_call": round(per_call * 1000, 3),
+             "validated_on": "htp-emulator", "eval_samples": k}
+
+
 def bundle_stage(b: Build) -> None:
     """The model, eval set (named inputs, labels, reference outputs), tokenizer, runner, manifest and README
     into the staging folder; :class:`BundleWriter` then commits it atomically."""
@@ -246,15 +304,24 @@ def bundle_stage(b: Build) -> None:
               **{REFERENCE + n: r for n, r in zip(b.output_names, b.reference)}}
     np.savez(staging / "eval.npz", **arrays)
     tokenizer = _copy_tokenizer(b.project, staging)
+    if b.qnn and b.qnn.get("compiled"):  # the EPContext model and its context binary, beside the portable model
+        for name in (b.qnn["compiled"]["file"], *b.qnn["compiled"]["binaries"]):
+            shutil.copy2(result.model_path.parent / name, staging / name)
+        result.details["qnn"] = {k: v for k, v in b.qnn.items() if k != "emulator"}
+    elif b.qnn:
+        result.details["qnn"] = {k: v for k, v in b.qnn.items() if k != "emulator"}
     copy_runner(staging / "edgekit_runner")
     b.manifest = compose_manifest(b.profile, b.project, b.plan, staging / model_file, b.output_names, b.reference, arrays,
                            result, b.validation, None if b.quantized is None else (b.fp32, b.fp32_validation),
                            b.warnings, b.distilled, tokenizer)
+    if b.cpu_validation is not None:  # the shipped artifact on the CPU EP too (all eval samples)
+        b.manifest["validation"]["cpu_ep"] = b.cpu_validation.to_dict()
 
 
 STAGES: dict[str, Callable[[Build], None]] = {
     "load": load_stage, "distill": distill_stage, "export": export_stage, "validate": validate_stage,
-    "analyze": analyze_stage, "quantize": quantize_stage, "qat": qat_stage, "bundle": bundle_stage,
+    "analyze": analyze_stage, "quantize": quantize_stage, "qat": qat_stage, "compile": compile_stage,
+    "bundle": bundle_stage,
 }
 
 

@@ -47,6 +47,8 @@ class Plan(BaseModel):
     budgets: dict[str, float] = {}  # the limits the build is checked against (edgekit.budgets): profile + --budget
     task: str = "classification"
     notes: tuple[str, ...] = ()  # what the planner chose on the user's behalf, and why
+    # onnx/qnn: the profile's chip ({chip, soc_model, htp_arch}) and whether its HTP emulator is installed
+    qnn: dict | None = None
     stages: tuple[str, ...]
 
     def describe_budgets(self) -> str:
@@ -71,6 +73,10 @@ class Plan(BaseModel):
             ("precision", self.precision),
             ("quantization", f"{quant}; profile recommends {self.profile_default_quant}"),
             ("validation", f"{where}, {check}"),
+            *((("NPU", f"compiled for {self.qnn['chip']} (HTP v{self.qnn['htp_arch']}) and validated on Qualcomm's "
+                       "HTP emulator" if self.qnn["emulator"] else
+                       f"NOT compiled or validated for {self.qnn['chip']}: the QNN HTP emulator is not installed "
+                       "(pip install 'edgekit[qnn]')"),) if self.qnn else ()),
             ("distillation", "teacher -> student with the project's [distill] settings, shipped if better on calib"
              if self.distill else "none"),
             ("budgets", self.describe_budgets()),
@@ -203,8 +209,13 @@ def _plan(profile: DeviceProfile, fmt: str | None, backend: str | None, quant: s
         raise PlanError(f"{precision} is not available for {fmt}/{backend} on {profile.id} "
                         f"(it builds: {', '.join(ok) or 'nothing'}); {precision} works with: "
                         f"{', '.join(others) or 'no path of this device'}")
+    qnn = None
+    if backend == "qnn" and profile.qnn is not None:
+        from edgekit import qnn as qnn_tools
+
+        qnn = {**profile.qnn.model_dump(), "emulator": qnn_tools.available()}
     return Plan(
-        device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend,
+        device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend, qnn=qnn,
         backend_description=spec.description, runtime=EXPORTERS[fmt].runtime, runtime_target=spec.runtime_target,
         precision=precision, quant=quant, quant_scheme=scheme.to_dict() if scheme else None,
         profile_default_quant=profile.default.quant,
@@ -214,7 +225,7 @@ def _plan(profile: DeviceProfile, fmt: str | None, backend: str | None, quant: s
         distill=distill, task=task, notes=tuple(notes),
         stages=("load", *(("distill",) if distill else ()), "export", "validate",
                 *((*(("analyze",) if quant == "mixed" else ()), "quantize" if quant != "int8-qat" else "qat",
-                   "validate") if scheme else ()), "bundle"),
+                   "validate") if scheme else ()), *(("compile",) if qnn else ()), "bundle"),
     )
 
 
@@ -273,8 +284,13 @@ def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str |
         quant = f"int{bits}-weight-only"
     cu, _ = profile.find_path(fmt, backend)
     spec = EXPORTERS[fmt].backends[backend]
+    qnn = None
+    if backend == "qnn" and profile.qnn is not None:
+        from edgekit import qnn as qnn_tools
+
+        qnn = {**profile.qnn.model_dump(), "emulator": qnn_tools.available()}
     return Plan(
-        device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend,
+        device=profile.id, compute_unit=f"{cu.kind}: {cu.name}", format=fmt, backend=backend, qnn=qnn,
         backend_description=spec.description, runtime=EXPORTERS[fmt].runtime, runtime_target=spec.runtime_target,
         precision=scheme.precision if scheme else "fp32", quant=quant,
         quant_scheme=scheme.to_dict() if scheme else None, profile_default_quant=profile.default.quant,

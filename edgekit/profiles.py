@@ -104,6 +104,14 @@ class Budgets(_Frozen):
     max_time_to_first_token_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
+class Qnn(_Frozen):
+    """A Qualcomm NPU as QNN names it: another Snapdragon is another profile TOML with its own numbers."""
+
+    chip: str = Field(description="the SoC's part number, e.g. SM8650")
+    soc_model: int = Field(gt=0, description="QNN's SoC model id (SM8650: 57)")
+    htp_arch: int = Field(ge=68, description="Hexagon HTP architecture (v75: 75)")
+
+
 class DeviceProfile(_Frozen):
     """A device, frozen and validated. Built from one TOML file."""
 
@@ -122,6 +130,7 @@ class DeviceProfile(_Frozen):
     default: DefaultPath
     quantization: tuple[QuantRule, ...] = ()
     budgets: Budgets
+    qnn: Qnn | None = None  # a Qualcomm HTP: the onnx/qnn path compiles for it and validates on its emulator
     notes: str = ""
 
     @model_validator(mode="after")
@@ -130,6 +139,8 @@ class DeviceProfile(_Frozen):
             raise ValueError(
                 f"default {self.default.format}/{self.default.backend} is not one of the compute units' paths"
             )
+        if self.find_path("onnx", "qnn") is not None and self.qnn is None:
+            raise ValueError("a profile with the onnx/qnn path needs a [qnn] table (chip, soc_model, htp_arch)")
         return self
 
     def paths(self) -> list[tuple[ComputeUnit, TargetPath]]:

@@ -28,7 +28,7 @@ class OutputComparison:
 
 @dataclass
 class ValidationResult:
-    where: str  # "target-runtime" | "host-twin"
+    where: str  # "target-runtime" | "host-twin" | "htp-emulator"
     runtime: dict[str, Any]
     artifact: str
     n_samples: int
@@ -44,6 +44,9 @@ class ValidationResult:
     runtime_io: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)  # everything the task measured (edgekit_runner.tasks)
     task_failure: str | None = None  # the task's own verdict (embedding: cosine, retrieval thresholds)
+    # the same inputs through other runs of the model (e.g. "onnxruntime CPU EP"): top-1 agreement, max error
+    against: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    note: str = ""  # e.g. why fewer than all eval samples ran
 
     @property
     def max_abs_error(self) -> float:
@@ -88,14 +91,16 @@ def validate(artifact: Path, runtime: str, inputs: np.ndarray | dict[str, np.nda
              labels: np.ndarray | None, reference: list[np.ndarray], output_names: list[str], atol: float | None,
              where: str, target: str | None = None, timing_runs: int = 50, max_accuracy_drop: float | None = None,
              *, task: str = "classification", task_options: dict[str, Any] | None = None,
-             quantized: bool = False) -> ValidationResult:
+             quantized: bool = False, target_options: dict[str, Any] | None = None,
+             against: dict[str, list[np.ndarray]] | None = None) -> ValidationResult:
     """Run ``artifact`` on ``inputs`` (one array, or one per input by name, in the model's input order) in
-    ``runtime`` and compare with the PyTorch ``reference`` outputs; score both with the task."""
+    ``runtime`` and compare with the PyTorch ``reference`` outputs; score both with the task. ``against``:
+    other runs' outputs on the same inputs, compared with this one's (top-1 agreement, max abs error)."""
     from edgekit.quantize.numerics import sqnr_db
     from edgekit_runner import evaluate, runtimes
     from edgekit_runner.tasks import get_task
 
-    model = runtimes.load(artifact, runtime, target=target)
+    model = runtimes.load(artifact, runtime, target=target, options=target_options)
     outs = evaluate.run_dataset(model, inputs)
     if len(outs) != len(reference):
         raise ValidationFailed(f"{artifact} has {len(outs)} outputs, PyTorch has {len(reference)}")
@@ -115,8 +120,14 @@ def validate(artifact: Path, runtime: str, inputs: np.ndarray | dict[str, np.nda
     sample = evaluate.as_input_list(model, inputs)
     latency = evaluate.time_model(model, [a[: evaluate.batch_size(model)] for a in sample], runs=timing_runs,
                                   warmup=5)
+    compared = {}
+    for label, theirs in (against or {}).items():
+        mine, other = outs[0].reshape(reference[0].shape), theirs[0].reshape(reference[0].shape)
+        compared[label] = {"max_abs_error": float(np.abs(mine.astype(np.float64) - other).max()),
+                           "top1_agreement": float((mine.argmax(-1) == other.argmax(-1)).mean())
+                           if task == "classification" else None}
     return ValidationResult(
-        where=where, runtime=model.info, artifact=artifact.name, n_samples=len(sample[0]), atol=atol,
+        where=where, runtime=model.info, against=compared, artifact=artifact.name, n_samples=len(sample[0]), atol=atol,
         outputs=comparisons, top1_agreement=metrics.get("top1_agreement"), metric=kind.metric,
         value=float(metrics[kind.metric]), reference_value=float(metrics[f"reference_{kind.metric}"]),
         host_latency_ms=latency, max_accuracy_drop=max_accuracy_drop,

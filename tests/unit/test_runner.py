@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import dataclasses
 import hashlib
 import json
@@ -324,9 +326,10 @@ def test_ort_chain():
 
 
 @pytest.mark.parametrize("target", ["QNNExecutionProvider", "TensorrtExecutionProvider", "CoreMLExecutionProvider"])
-def test_missing_ep_falls_back_to_cpu_loudly(tiny_onnx, target):
+def test_missing_ep_falls_back_to_cpu_loudly(tiny_onnx, target, monkeypatch):
     import onnxruntime as ort
 
+    monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)  # QNN as on a host without the `qnn` extra
     if target in ort.get_available_providers():
         pytest.skip(f"hardware: this onnxruntime has {target}, so there is nothing to fall back from")
     model = runtimes.load(tiny_onnx, "onnxruntime", threads=1, target=target)
@@ -418,8 +421,9 @@ def tiny_bundle(tiny_onnx):
 QUICK = ["--runs", "5", "--min-seconds", "0", "--warmup-seconds", "0"]
 
 
-def test_cli_report_fallback_warning_and_out_file(tiny_bundle, tmp_path, capsys):
+def test_cli_report_fallback_warning_and_out_file(tiny_bundle, tmp_path, capsys, monkeypatch):
     bundle, accuracy = tiny_bundle
+    monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)  # no QNN EP: a host without the `qnn` extra
     out = tmp_path / "report.json"
     assert main([str(bundle), *QUICK, "--threads", "1", "--out", str(out)]) == 0
     captured = capsys.readouterr()

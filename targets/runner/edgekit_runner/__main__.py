@@ -207,7 +207,8 @@ def _load_and_time(report: RunReport, probe: MemoryProbe, model_path: Path, mode
     probe.reset_peak()
     try:
         t0 = time.perf_counter_ns()
-        model = runtimes.load(model_path, runtime, threads, model_info.get("runtime_target"))
+        model = runtimes.load(model_path, runtime, threads, model_info.get("runtime_target"),
+                              (model_info.get("export_details") or {}).get("qnn"))
         report.timing["load_ms"] = (time.perf_counter_ns() - t0) / 1e6
         probe.peak("peak_rss_load_mb")
         report.runtime, report.fallback = model.info, model.info.get("fallback")

@@ -12,6 +12,16 @@ see float arrays.
 
 What actually ran is in ``LoadedModel.info``: runtime and version, the delegate or execution
 provider used, the threads, and ``fallback`` (None, or why the bundle's target did not run).
+
+Qualcomm's QNN execution provider (``target="QNNExecutionProvider"``) comes either built into the
+onnxruntime package (Android builds) or as the ``onnxruntime-qnn`` plugin (PyPI, Linux x86-64 and Windows
+on Arm), registered here with ``register_execution_provider_library`` and configured with the bundle's
+SoC model and HTP architecture. On an x86-64 host the plugin's ``libQnnHtp.so`` is Qualcomm's functional
+*emulator* of the HTP: it computes what the NPU computes, at a small fraction of its speed; ``info['qnn']``
+says which of the two ran (``where``: ``htp-emulator`` or ``htp``). A bundle compiled ahead of time for its
+chip (an EPContext model plus its QNN context binary, ``options['compiled']``) is loaded first, after a
+check that it was compiled for the configured chip; if the QNN runtime cannot load it, the portable QDQ
+model is compiled on the spot and ``info['qnn']['compiled_fallback']`` says why.
 """
 
 from __future__ import annotations
@@ -53,11 +63,13 @@ class LoadedModel:
         return self.bind(arrays) if self.bind else functools.partial(self.run, arrays)
 
 
-def load(path: str | Path, runtime: str, threads: int | None = None, target: str | None = None) -> LoadedModel:
+def load(path: str | Path, runtime: str, threads: int | None = None, target: str | None = None,
+         options: dict[str, Any] | None = None) -> LoadedModel:
     """Load ``path`` in ``runtime`` ('executorch' | 'onnxruntime' | 'litert') with ``threads`` intra-op threads.
 
     ``target`` is the execution provider / delegate the bundle was built for; where it cannot
     run here the next one in its chain is used and ``info['fallback']`` says what and why.
+    ``options``: the target's settings from the manifest (QNN: ``soc_model``, ``htp_arch``, ``compiled``).
 
     >>> model = load("build/jetson-orin-nano/model.onnx", "onnxruntime", 1, "TensorrtExecutionProvider")
     >>> model.info["providers"], model.info["fallback"]  # doctest: +SKIP
@@ -66,6 +78,8 @@ def load(path: str | Path, runtime: str, threads: int | None = None, target: str
     loaders = {"executorch": _executorch, "onnxruntime": _onnxruntime, "litert": _litert}
     if runtime not in loaders:
         raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime":
+        return _onnxruntime(Path(path), threads, target, options)
     return loaders[runtime](Path(path), threads, target)
 
 
@@ -174,8 +188,12 @@ def ort_provider_chain(target: str | None) -> list[str]:
     return [*chain, ORT_CPU]
 
 
-def _onnxruntime(path: Path, threads: int | None, target: str | None) -> LoadedModel:
+def _onnxruntime(path: Path, threads: int | None, target: str | None,
+                 options: dict[str, Any] | None = None) -> LoadedModel:
     ort = _import_ort()
+    qnn: dict[str, Any] | None = None
+    if target == QNN:
+        path, qnn = _qnn_setup(ort, path, options or {})
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads
@@ -186,7 +204,16 @@ def _onnxruntime(path: Path, threads: int | None, target: str | None) -> LoadedM
     # on VNNI CPUs or on arm64.
     opts.add_session_config_entry("session.x64quantprecision", "1")
     chain = ort_provider_chain(target)
-    sess, reasons = _ort_session(ort, path, opts, chain)
+    try:
+        sess, reasons = _ort_session(ort, path, opts, chain, qnn)
+    except Exception as e:
+        if qnn is None or not qnn.get("compiled_file"):
+            raise
+        # the device's QNN cannot load the ahead-of-time binary: compile the portable model here instead
+        qnn["compiled_fallback"] = f"{path.name} did not load ({str(e).splitlines()[0][:300]}); ran {qnn['portable']}"
+        del qnn["compiled_file"]
+        path = path.with_name(qnn["portable"])
+        sess, reasons = _ort_session(ort, path, opts, chain, qnn)
     nodes = _ort_nodes_per_provider(sess)
     registered = sess.get_providers()
     provider = next((p for p in registered if nodes.get(p)), registered[0]) if nodes else registered[0]
@@ -210,21 +237,39 @@ def _onnxruntime(path: Path, threads: int | None, target: str | None) -> LoadedM
     info = {"runtime": "onnxruntime", "version": ort.__version__, "target": target, "provider": provider,
             "providers": registered, "nodes_per_provider": nodes or None, "threads": threads,
             "threads_effective": opts.intra_op_num_threads or "onnxruntime default (physical cores)",
-            "fallback": fallback}
+            "fallback": fallback, "model_file": path.name}
+    if qnn is not None:
+        off = _ort_nodes_off(sess, QNN)
+        ran = provider == QNN
+        info["qnn"] = {**qnn, "ran": ran, "where": qnn["where"] if ran else None,
+                       "nodes_not_on_qnn": off[:20] + ([f"... {len(off) - 20} more"] if len(off) > 20 else [])}
     return LoadedModel(run, inputs, outputs, info, bind)
 
 
-def _ort_session(ort: Any, path: Path, opts: Any, chain: list[str]) -> tuple[Any, list[str]]:
+def _ort_session(ort: Any, path: Path, opts: Any, chain: list[str],
+                 qnn: dict[str, Any] | None = None) -> tuple[Any, list[str]]:
     """A session with the first provider of ``chain`` that loads the model; and why the ones before did not."""
     available = ort.get_available_providers()
     reasons: list[str] = []
     for i, provider in enumerate(chain):
+        if provider == QNN and qnn is not None and qnn.get("plugin"):  # the onnxruntime-qnn plugin EP
+            try:
+                plugin_opts = _copy_options(ort, opts)
+                devices = [d for d in ort.get_ep_devices() if d.ep_name == QNN]
+                plugin_opts.add_provider_for_devices(devices, qnn["provider_options"])
+                return ort.InferenceSession(str(path), sess_options=plugin_opts), reasons
+            except Exception as e:
+                if qnn.get("compiled_file"):
+                    raise  # the compiled binary did not load: the caller tries the portable model
+                reasons.append(f"{provider} failed to start: {str(e).splitlines()[0][:300]}")
+                continue
         if provider not in available:
             reasons.append(f"{provider} is not available in this onnxruntime build")
             continue
         try:  # enable_fallback=0: ORT must not swap providers behind our back, at load or at run time
             sess = ort.InferenceSession(str(path), sess_options=opts, enable_fallback=0,
-                                        providers=[p for p in chain[i:] if p in available])
+                                        providers=[(p, qnn["provider_options"]) if p == QNN and qnn else p
+                                                   for p in chain[i:] if p in available])
             if set(chain[:i]) - set(available):
                 reasons.append(f"the build has {', '.join(available)}")
             return sess, reasons
@@ -233,6 +278,101 @@ def _ort_session(ort: Any, path: Path, opts: Any, chain: list[str]) -> tuple[Any
                 raise
             reasons.append(f"{provider} failed to start: {str(e).splitlines()[0][:300]}")
     raise RuntimeError(f"no execution provider could load the model: {'; '.join(reasons)}")
+
+
+QNN = "QNNExecutionProvider"
+# What QNN calls the chips it knows (soc_model) -- only to name them in messages; the profile holds the numbers.
+QNN_SOCS = {30: "SM8350", 36: "SM8450", 42: "SM8475", 43: "SM8550", 57: "SM8650", 69: "SM8750"}
+
+
+def _qnn_setup(ort: Any, path: Path, options: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """Register the onnxruntime-qnn plugin when it is installed, pick the model to load (the ahead-of-time
+    compiled one when the bundle has it), and check that it was compiled for the configured chip."""
+    import platform
+
+    qnn: dict[str, Any] = {"soc_model": options.get("soc_model"), "htp_arch": options.get("htp_arch"),
+                           "portable": path.name, "plugin": False}
+    provider_options = {k: str(options[k]) for k in ("soc_model", "htp_arch") if options.get(k) is not None}
+    # the graph's input Quantize / output Dequantize run on the HTP too, not offloaded to the CPU EP
+    provider_options["offload_graph_io_quantization"] = "0"
+    try:
+        import onnxruntime_qnn
+    except ImportError:
+        onnxruntime_qnn = None
+    if onnxruntime_qnn is not None:
+        if QNN not in {d.ep_name for d in ort.get_ep_devices()}:
+            ort.register_execution_provider_library(QNN, onnxruntime_qnn.get_library_path())
+        provider_options["backend_path"] = onnxruntime_qnn.get_qnn_htp_path()
+        from onnxruntime_qnn.build_and_package_info import qnn_version
+
+        qnn.update(plugin=True, onnxruntime_qnn=onnxruntime_qnn.__version__, qnn_version=qnn_version)
+    else:
+        provider_options["backend_path"] = "libQnnHtp.so"  # an onnxruntime built with QNN (Android)
+    emulated = platform.machine().lower() in ("x86_64", "amd64")
+    qnn["where"] = "htp-emulator" if emulated else "htp"
+    qnn["provider_options"] = {k: v for k, v in provider_options.items()}
+    compiled = options.get("compiled") or {}
+    if compiled.get("file") and (path.parent / compiled["file"]).is_file():
+        check_qnn_context(ort, path.parent / compiled["file"], options.get("soc_model"), options.get("htp_arch"))
+        qnn["compiled_file"] = compiled["file"]
+        return path.parent / compiled["file"], qnn
+    return path, qnn
+
+
+def qnn_context_target(ort: Any, path: Path) -> tuple[int, int] | None:
+    """(htp_arch, soc_model) an EPContext model was compiled for, from the compatibility string the QNN EP
+    writes into it ("v2:6:<QNN>:<API>:<arch>:<soc>:..."); None for a model that is not one."""
+    try:
+        info = ort.capi._pybind_state.get_compatibility_info_from_model(str(path), QNN)
+    except Exception:  # noqa: BLE001 - an onnxruntime without the call, or a model without the entry
+        return None
+    parts = (info or "").split(":")
+    if len(parts) < 6 or not parts[4].isdigit() or not parts[5].isdigit():
+        return None
+    return int(parts[4]), int(parts[5])
+
+
+def check_qnn_context(ort: Any, path: Path, soc_model: int | None, htp_arch: int | None) -> None:
+    """Refuse an EPContext model compiled for another chip than the one the QNN EP is configured for (the
+    x86-64 emulator would run it anyway; a phone would reject it, or worse)."""
+    found = qnn_context_target(ort, path)
+    if found is None or soc_model is None:
+        return
+    arch, soc = found
+    if (soc, arch) != (int(soc_model), int(htp_arch or arch)):
+        raise RuntimeError(
+            f"{path.name} was compiled for {QNN_SOCS.get(soc, f'SoC model {soc}')} (HTP v{arch}), but this QNN "
+            f"EP is configured for {QNN_SOCS.get(int(soc_model), f'SoC model {soc_model}')} (HTP v{htp_arch}): "
+            "rebuild the bundle for this device's profile, or load its portable model")
+
+
+def _copy_options(ort: Any, opts: Any) -> Any:
+    """Session options are consumed by a session that uses add_provider_for_devices: a fresh copy."""
+    fresh = ort.SessionOptions()
+    fresh.intra_op_num_threads = opts.intra_op_num_threads
+    for key in ("session.record_ep_graph_assignment_info", "session.x64quantprecision"):
+        value = opts.get_session_config_entry(key) if _has_entry(opts, key) else None
+        if value is not None:
+            fresh.add_session_config_entry(key, value)
+    return fresh
+
+
+def _has_entry(opts: Any, key: str) -> bool:
+    try:
+        opts.get_session_config_entry(key)
+        return True
+    except Exception:  # noqa: BLE001 - onnxruntime raises for a missing key
+        return False
+
+
+def _ort_nodes_off(sess: Any, provider: str) -> list[str]:
+    """'OpType (node name)' of each node that did not run on ``provider`` (empty when this cannot be said)."""
+    try:
+        subgraphs = sess.get_provider_graph_assignment_info()
+    except (AttributeError, RuntimeError):
+        return []
+    return [f"{n.op_type} ({n.name})" if n.name else n.op_type
+            for g in subgraphs if g.ep_name != provider for n in g.get_nodes()]
 
 
 def _ort_nodes_per_provider(sess: Any) -> dict[str, int]:
