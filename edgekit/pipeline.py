@@ -263,7 +263,7 @@ def compile_stage(b: Build) -> None:
     loaded.run([a[: evaluate.batch_size(loaded)] for a in sample])
     per_call = time.perf_counter() - t0
     batch = evaluate.batch_size(loaded)
-    k = n if per_call * n / batch <= EMULATOR_SECONDS else min(n, max(100, int(EMULATOR_SECONDS / per_call) * batch))
+    k = n if per_call * n / batch <= EMULATOR_SECONDS else min(n, max(32, int(EMULATOR_SECONDS / per_call) * batch))
     b.say("validate-npu", f"{k} of {n} eval samples on the HTP emulator ({per_call * 1000:.0f} ms per call) "
                           "against PyTorch and the CPU EP")
     subset = {name: a[:k] for name, a in inputs.items()}
