@@ -72,3 +72,17 @@ def test_a_bench_report_is_checked_against_the_budgets_recorded_in_the_bundle():
                                      {"metrics": {"accuracy": 0.975}, "latency_ms": {"p90": 1.0}}, "adb")
                 if c.key == "accuracy_drop")
     assert drop.measured == pytest.approx(1.5) and drop.status == "fail" and drop.where == "adb"
+
+
+def test_a_run_on_the_htp_emulator_measures_accuracy_but_not_the_phones_speed_or_memory():
+    manifest = {"task": {"kind": "classification"}, "model": {"bytes": 80_000, "precision": "int8"},
+                "profile": {"budgets": {"max_model_mb": 50, "max_peak_memory_mb": 512, "p90_latency_ms": 15,
+                                        "max_accuracy_drop": 1.0}},
+                # the emulator's validation ran 120 of the eval samples; the CPU EP's all of them
+                "validation": {"metric": "accuracy", "reference_value": 1.0, "cpu_ep": {"reference_value": 0.99}}}
+    report = {"latency_ms": {"p90": 700.0}, "memory": {"peak_rss_run_mb": 900.0}, "metrics": {"accuracy": 0.985},
+              "runtime": {"qnn": {"where": "htp-emulator"}}}
+    checks = {c.key: c for c in for_bench(from_manifest(manifest), manifest, report, "local")}
+    for key in ("latency_p90_ms", "peak_memory_mb"):
+        assert checks[key].status == "not measured" and "HTP emulator" in checks[key].where
+    assert checks["accuracy_drop"].measured == pytest.approx(0.5) and checks["accuracy_drop"].status == "pass"

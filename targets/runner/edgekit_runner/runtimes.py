@@ -312,7 +312,8 @@ def _qnn_setup(ort: Any, path: Path, options: dict[str, Any]) -> tuple[Path, dic
     qnn["where"] = "htp-emulator" if emulated else "htp"
     qnn["provider_options"] = {k: v for k, v in provider_options.items()}
     compiled = options.get("compiled") or {}
-    if compiled.get("file") and (path.parent / compiled["file"]).is_file():
+    has_qnn = qnn["plugin"] or QNN in ort.get_available_providers()
+    if has_qnn and compiled.get("file") and (path.parent / compiled["file"]).is_file():
         check_qnn_context(ort, path.parent / compiled["file"], options.get("soc_model"), options.get("htp_arch"))
         qnn["compiled_file"] = compiled["file"]
         return path.parent / compiled["file"], qnn
