@@ -12,7 +12,6 @@ come from one benchmark's run (timed side by side there), never across runs or m
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from _results import RESULTS, describe, read_rows, write_results
 
