@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from _results import write_results
-from quantization import MODELS, mobilenet  # noqa: F401 (the same models and data as the quantization table)
+from quantization import MODELS  # the same models and data as the quantization table
 
 
 def run(name: str, model, calib, ev, labels, work: Path) -> dict:
