@@ -221,7 +221,7 @@ def collect(bundles: Sequence[Path] = (), store: Any = None, device: str | None 
         runs = store.list_runs(device=device, bundle=of_bundle, limit=limit) if device or of_bundle or not bundles \
             else [r for r in store.list_runs(limit=100_000) if r.model_sha256 in shas]
         groups: dict[tuple[str, str], History] = {}
-        for r in sorted(runs, key=lambda r: r.created_at):
+        for r in reversed(runs):  # the store lists newest first (created, then received): oldest first here
             variants.append(row := from_run(r))
             name = Path(r.bundle_path).name if r.bundle_path else "?"
             key = (f"{r.device_id or '?'} ({r.profile or '?'})", f"{name} ({(r.model_sha256 or '?')[:12]})")

@@ -340,7 +340,8 @@ def _row(report: RunReport, manifest: dict[str, Any] | None, received_at: dateti
         "run_id": report.run_id,
         "schema_version": report.schema_version,
         "created_at": report.created_at_utc,
-        "received_at": received_at.astimezone(UTC).isoformat(timespec="seconds"),
+        # microseconds: runs created in the same second keep the order they arrived in
+        "received_at": received_at.astimezone(UTC).isoformat(timespec="microseconds"),
         "status": report.status,
         "device_id": _text(report.device.get("node")),  # the runner's host name
         "profile": bundle.profile or (manifest or {}).get("profile", {}).get("id"),

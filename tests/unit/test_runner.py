@@ -325,11 +325,21 @@ def test_ort_chain():
         "CPUExecutionProvider"]
 
 
-@pytest.mark.parametrize("target", ["QNNExecutionProvider", "TensorrtExecutionProvider", "CoreMLExecutionProvider"])
-def test_missing_ep_falls_back_to_cpu_loudly(tiny_onnx, target, monkeypatch):
+@pytest.fixture
+def without_qnn(monkeypatch):
+    """A host without the QNN EP: the `qnn` extra's module hidden, and its plugin library unregistered where an
+    earlier test in this process registered it (registration is process-wide)."""
     import onnxruntime as ort
 
-    monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)  # QNN as on a host without the `qnn` extra
+    monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)
+    if "QNNExecutionProvider" in {d.ep_name for d in ort.get_ep_devices()}:
+        ort.unregister_execution_provider_library("QNNExecutionProvider")
+
+
+@pytest.mark.parametrize("target", ["QNNExecutionProvider", "TensorrtExecutionProvider", "CoreMLExecutionProvider"])
+def test_missing_ep_falls_back_to_cpu_loudly(tiny_onnx, target, without_qnn):
+    import onnxruntime as ort
+
     if target in ort.get_available_providers():
         pytest.skip(f"hardware: this onnxruntime has {target}, so there is nothing to fall back from")
     model = runtimes.load(tiny_onnx, "onnxruntime", threads=1, target=target)
@@ -421,9 +431,8 @@ def tiny_bundle(tiny_onnx):
 QUICK = ["--runs", "5", "--min-seconds", "0", "--warmup-seconds", "0"]
 
 
-def test_cli_report_fallback_warning_and_out_file(tiny_bundle, tmp_path, capsys, monkeypatch):
+def test_cli_report_fallback_warning_and_out_file(tiny_bundle, tmp_path, capsys, without_qnn):
     bundle, accuracy = tiny_bundle
-    monkeypatch.setitem(sys.modules, "onnxruntime_qnn", None)  # no QNN EP: a host without the `qnn` extra
     out = tmp_path / "report.json"
     assert main([str(bundle), *QUICK, "--threads", "1", "--out", str(out)]) == 0
     captured = capsys.readouterr()
