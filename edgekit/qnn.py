@@ -50,19 +50,15 @@ def versions() -> dict[str, str]:
 
 def _options(soc_model: int, htp_arch: int, *, record: bool = True, strict: bool = False) -> Any:
     import onnxruntime as ort
-    import onnxruntime_qnn
+    from edgekit_runner.runtimes import qnn_provider_options
 
-    if QNN not in {d.ep_name for d in ort.get_ep_devices()}:
-        ort.register_execution_provider_library(QNN, onnxruntime_qnn.get_library_path())
+    provider_options, _ = qnn_provider_options(ort, soc_model, htp_arch)  # the runner's, so both run the same
     opts = ort.SessionOptions()
     if record:
         opts.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if strict:
         opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    devices = [d for d in ort.get_ep_devices() if d.ep_name == QNN]
-    opts.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
-                                            "soc_model": str(soc_model), "htp_arch": str(htp_arch),
-                                            "offload_graph_io_quantization": "0"})
+    opts.add_provider_for_devices([d for d in ort.get_ep_devices() if d.ep_name == QNN], provider_options)
     return opts
 
 

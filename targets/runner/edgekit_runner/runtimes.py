@@ -285,32 +285,37 @@ QNN = "QNNExecutionProvider"
 QNN_SOCS = {30: "SM8350", 36: "SM8450", 42: "SM8475", 43: "SM8550", 57: "SM8650", 69: "SM8750"}
 
 
+def qnn_provider_options(ort: Any, soc_model: Any, htp_arch: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """The QNN EP's options for the HTP of this chip, and the onnxruntime-qnn plugin's versions ({} without it);
+    the plugin is registered with ``ort`` when it is installed (registration is process-wide)."""
+    options = {k: str(v) for k, v in (("soc_model", soc_model), ("htp_arch", htp_arch)) if v is not None}
+    # the graph's input Quantize / output Dequantize run on the HTP too, not offloaded to the CPU EP
+    options["offload_graph_io_quantization"] = "0"
+    try:
+        import onnxruntime_qnn
+    except ImportError:
+        options["backend_path"] = "libQnnHtp.so"  # an onnxruntime built with QNN (Android)
+        return options, {}
+    if QNN not in {d.ep_name for d in ort.get_ep_devices()}:
+        ort.register_execution_provider_library(QNN, onnxruntime_qnn.get_library_path())
+    options["backend_path"] = onnxruntime_qnn.get_qnn_htp_path()
+    from onnxruntime_qnn.build_and_package_info import qnn_version
+
+    return options, {"onnxruntime_qnn": onnxruntime_qnn.__version__, "qnn_version": qnn_version}
+
+
 def _qnn_setup(ort: Any, path: Path, options: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
     """Register the onnxruntime-qnn plugin when it is installed, pick the model to load (the ahead-of-time
     compiled one when the bundle has it), and check that it was compiled for the configured chip."""
     import platform
 
     qnn: dict[str, Any] = {"soc_model": options.get("soc_model"), "htp_arch": options.get("htp_arch"),
-                           "portable": path.name, "plugin": False}
-    provider_options = {k: str(options[k]) for k in ("soc_model", "htp_arch") if options.get(k) is not None}
-    # the graph's input Quantize / output Dequantize run on the HTP too, not offloaded to the CPU EP
-    provider_options["offload_graph_io_quantization"] = "0"
-    try:
-        import onnxruntime_qnn
-    except ImportError:
-        onnxruntime_qnn = None
-    if onnxruntime_qnn is not None:
-        if QNN not in {d.ep_name for d in ort.get_ep_devices()}:
-            ort.register_execution_provider_library(QNN, onnxruntime_qnn.get_library_path())
-        provider_options["backend_path"] = onnxruntime_qnn.get_qnn_htp_path()
-        from onnxruntime_qnn.build_and_package_info import qnn_version
-
-        qnn.update(plugin=True, onnxruntime_qnn=onnxruntime_qnn.__version__, qnn_version=qnn_version)
-    else:
-        provider_options["backend_path"] = "libQnnHtp.so"  # an onnxruntime built with QNN (Android)
+                           "portable": path.name}
+    provider_options, plugin = qnn_provider_options(ort, options.get("soc_model"), options.get("htp_arch"))
+    qnn.update(plugin=bool(plugin), **plugin)
     emulated = platform.machine().lower() in ("x86_64", "amd64")
     qnn["where"] = "htp-emulator" if emulated else "htp"
-    qnn["provider_options"] = {k: v for k, v in provider_options.items()}
+    qnn["provider_options"] = provider_options
     compiled = options.get("compiled") or {}
     has_qnn = qnn["plugin"] or QNN in ort.get_available_providers()
     if has_qnn and compiled.get("file") and (path.parent / compiled["file"]).is_file():
