@@ -231,7 +231,7 @@ def for_bench(limits: dict[str, float], manifest: dict[str, Any], report: dict[s
         measured["latency_p90_ms"] = (lat.get("p90"), target)
         v = manifest.get("validation") or {}
         # the reference on the whole eval set (an HTP-emulator validation may have run a part of it)
-        metric, reference = v.get("metric"), (v.get("cpu_ep") or v).get("reference_value")
+        metric, reference = v.get("metric"), (v.get("cpu") or v).get("reference_value")
         value = met.get(metric) if metric else None
         quantized = (manifest.get("model") or {}).get("precision", "fp32") != "fp32"
         drop = (reference - value) * 100 if quantized and isinstance(value, (int, float)) and reference is not None \

@@ -326,7 +326,7 @@ def _print_plan(con: Any, plan: Any, spec: Any, out: Path) -> None:
 
 
 def _print_npu(con: Any, manifest: dict) -> None:
-    """The compile stage's record: what was compiled for which chip, and the emulator against the CPU EP."""
+    """The compile stage's record: what was compiled for which chip, and the emulator against the CPU."""
     q = (manifest["model"].get("export_details") or {}).get("qnn")
     if not q:
         return
@@ -335,17 +335,25 @@ def _print_npu(con: Any, manifest: dict) -> None:
         con.print(f"  [bold red]NPU: NOT compiled for {_e(chip)} and NOT validated on its emulator[/]: "
                   + _e("pip install 'edgekit[qnn]' (the phone will compile the model at first load)"))
         return
-    c, v, cpu = q["compiled"], manifest["validation"], manifest["validation"].get("cpu_ep") or {}
-    against = (v.get("against") or {}).get("onnxruntime CPU EP") or {}
-    con.print(f"  NPU: compiled for {_e(chip)} in {c['seconds']:.2f} s (QNN {_e(c['qnn'])}, onnxruntime-qnn "
-              f"{_e(c['onnxruntime_qnn'])}): {_e(c['file'])} + {_e(', '.join(c['binaries']))} "
-              f"({c['bytes'] / 1024:.1f} KiB); all {q['placement']['nodes']} nodes on the HTP")
+    c, v, cpu = q["compiled"], manifest["validation"], manifest["validation"].get("cpu") or {}
+    litert = "litert" in c
+    cpu_name = "LiteRT CPU" if litert else "onnxruntime CPU EP"
+    against = (v.get("against") or {}).get(cpu_name) or {}
+    p = q["placement"]
+    files = " + ".join([c["file"], *c["binaries"]])
+    placed = (f"all {p['ops']} ops on the NPU in {p['partitions']} partition{'s' if p['partitions'] > 1 else ''}"
+              if litert else f"all {p['nodes']} nodes on the HTP")
+    tool = f"LiteRT {c['litert']}, QNN {c['qnn']}" if litert else f"QNN {c['qnn']}, onnxruntime-qnn {c['onnxruntime_qnn']}"
+    con.print(f"  NPU: compiled for {_e(chip)} in {c['seconds']:.2f} s ({_e(tool)}): {_e(files)} "
+              f"({c['bytes'] / 1024:.1f} KiB); {placed}")
+    cpu_short = "LiteRT CPU" if litert else "CPU EP"
     line = (f"  HTP emulator, {v['n_samples']} eval samples: {v['metric']} {v['value']:.2%} (PyTorch "
-            f"{v['reference_value']:.2%}, CPU EP {cpu.get('value', float('nan')):.2%} on all {cpu.get('n_samples')})"
-            if v.get("metric") == "accuracy" else f"  HTP emulator, {v['n_samples']} eval samples")
+            f"{v['reference_value']:.2%}, {cpu_short} {cpu.get('value', float('nan')):.2%} on all "
+            f"{cpu.get('n_samples')})" if v.get("metric") == "accuracy" else
+            f"  HTP emulator, {v['n_samples']} eval samples")
     if against:
         agree = against.get("top1_agreement")
-        line += ("; against the CPU EP: " + (f"top-1 agreement {agree:.1%}, " if agree is not None else "")
+        line += (f"; against the {cpu_short}: " + (f"top-1 agreement {agree:.1%}, " if agree is not None else "")
                  + f"max abs difference {against['max_abs_error']:.3g}")
     con.print(line + f"; {q['emulator_ms_per_call']:.1f} ms per call on the emulator (not the phone's speed)")
 

@@ -237,27 +237,42 @@ EMULATOR_SECONDS = 60.0  # the HTP emulator's share of a build: the eval samples
 
 
 def compile_stage(b: Build) -> None:
-    """onnx/qnn: the artifact compiled ahead of time for the profile's Snapdragon (EPContext model + QNN context
-    binary), every node checked to be on the HTP, and validated on Qualcomm's HTP emulator against PyTorch and
-    against the CPU EP. Without ``onnxruntime-qnn`` the bundle is validated on the CPU EP only, and says so."""
+    """The qnn paths: the artifact compiled ahead of time for the profile's Snapdragon, every node/op checked to be
+    on the HTP, and validated on Qualcomm's HTP emulator against PyTorch and against the same model on the CPU.
+
+    - onnx/qnn: an EPContext model + QNN context binary (ONNX Runtime's compile API); the emulator runs it.
+    - tflite/qnn: LiteRT's ahead-of-time compilation (``model_npu.tflite``); LiteRT cannot run it on x86-64, so
+      the QNN context inside it, wrapped in an ONNX EPContext node, runs on the emulator instead.
+
+    Without ``onnxruntime-qnn`` the bundle is validated on the CPU only, and says so."""
     from edgekit import qnn
     from edgekit_runner import evaluate, runtimes
 
     chip = b.plan.qnn
     label = f"{chip['chip']} (HTP v{chip['htp_arch']})"
+    litert = b.plan.format == "tflite"
+    cpu_name = "LiteRT CPU" if litert else "onnxruntime CPU EP"
     if not chip["emulator"] or not qnn.available():
         b.warnings.append(f"NOT compiled for {label} and NOT validated on its NPU: the QNN HTP emulator is not "
-                          f"installed ({qnn.INSTALL}); validated on the CPU EP only, and the phone compiles the "
+                          f"installed ({qnn.INSTALL}); validated on the {cpu_name} only, and the phone compiles the "
                           "model at first load")
-        b.qnn = {**chip, "compiled": None, "validated_on": "onnxruntime CPU EP only"}
+        b.qnn = {**chip, "compiled": None, "validated_on": f"{cpu_name} only"}
         return
     model = b.result.model_path
-    b.say("compile", f"QNN context binary for {label}")
-    placed = qnn.placement(model, chip["soc_model"], chip["htp_arch"], chip["chip"])
-    compiled = qnn.compile_context(model, chip["soc_model"], chip["htp_arch"])
-    options = {"soc_model": chip["soc_model"], "htp_arch": chip["htp_arch"], "compiled": {"file": compiled["file"]}}
+    options = {"soc_model": chip["soc_model"], "htp_arch": chip["htp_arch"]}
+    if litert:
+        b.say("compile", f"LiteRT's ahead-of-time compilation for the NPU of {label}")
+        compiled, placed = qnn.compile_tflite(model, chip["chip"], chip["htp_arch"])
+        run_path = model.parent / "model_npu_context.onnx"  # the emulator's view of it; not shipped
+        compiled["context"] = qnn.tflite_context_as_onnx(model.parent / compiled["file"], run_path)
+    else:
+        b.say("compile", f"QNN context binary for {label}")
+        placed = qnn.placement(model, chip["soc_model"], chip["htp_arch"], chip["chip"])
+        compiled = qnn.compile_context(model, chip["soc_model"], chip["htp_arch"])
+        options["compiled"] = {"file": compiled["file"]}
+        run_path = model
     inputs, n = b.eval_inputs, len(b.reference[0])
-    loaded = runtimes.load(model, "onnxruntime", target=qnn.QNN, options=options)
+    loaded = runtimes.load(run_path, "onnxruntime", target=qnn.QNN, options=options)
     sample = evaluate.as_input_list(loaded, inputs)
     t0 = time.perf_counter()
     loaded.run([a[: evaluate.batch_size(loaded)] for a in sample])
@@ -265,22 +280,25 @@ def compile_stage(b: Build) -> None:
     batch = evaluate.batch_size(loaded)
     k = n if per_call * n / batch <= EMULATOR_SECONDS else min(n, max(32, int(EMULATOR_SECONDS / per_call) * batch))
     b.say("validate-npu", f"{k} of {n} eval samples on the HTP emulator ({per_call * 1000:.0f} ms per call) "
-                          "against PyTorch and the CPU EP")
+                          f"against PyTorch and the {cpu_name}")
     subset = {name: a[:k] for name, a in inputs.items()}
-    cpu = evaluate.run_dataset(runtimes.load(model, "onnxruntime"), subset)
+    cpu = evaluate.run_dataset(runtimes.load(model, "litert" if litert else "onnxruntime"), subset)
     ev = b.splits["eval"]
     quantized = b.quantized is not None
-    v = validate(model, "onnxruntime", subset, None if ev.y is None else ev.y[:k], [r[:k] for r in b.reference],
+    v = validate(run_path, "onnxruntime", subset, None if ev.y is None else ev.y[:k], [r[:k] for r in b.reference],
                  b.output_names, None, "htp-emulator", target=qnn.QNN, timing_runs=3,
                  max_accuracy_drop=b.plan.max_accuracy_drop if quantized and b.project.task.kind == "classification"
                  else None, task=b.project.task.kind, task_options=b.project.task.options(),
                  quantized=quantized and b.plan.precision.startswith("int"), target_options=options,
-                 against={"onnxruntime CPU EP": cpu})
+                 against={cpu_name: cpu})
     ran = v.runtime.get("qnn") or {}
-    if v.runtime.get("model_file") != compiled["file"] or not ran.get("ran") or ran.get("nodes_not_on_qnn"):
+    if v.runtime.get("model_file") != (compiled["file"] if not litert else run_path.name) or not ran.get("ran") \
+            or ran.get("nodes_not_on_qnn"):
         raise ValidationFailed(f"the compiled model did not run on the HTP emulator as a whole: ran "
                                f"{v.runtime.get('model_file')} on {v.runtime.get('provider')}; off QNN: "
                                f"{', '.join(ran.get('nodes_not_on_qnn') or []) or 'none'}; {v.runtime.get('fallback')}")
+    if litert:
+        v.artifact = f"{compiled['file']} (its QNN context {compiled['context']['graph']!r}, in an ONNX EPContext node)"
     v.note = (f"{k} of {n} eval samples: the emulator ran {per_call * 1000:.1f} ms per call on this host, and "
               f"a build gives it about {EMULATOR_SECONDS:.0f} s" if k < n else f"all {n} eval samples")
     v.raise_if_failed()
@@ -314,8 +332,8 @@ def bundle_stage(b: Build) -> None:
     b.manifest = compose_manifest(b.profile, b.project, b.plan, staging / model_file, b.output_names, b.reference, arrays,
                            result, b.validation, None if b.quantized is None else (b.fp32, b.fp32_validation),
                            b.warnings, b.distilled, tokenizer)
-    if b.cpu_validation is not None:  # the shipped artifact on the CPU EP too (all eval samples)
-        b.manifest["validation"]["cpu_ep"] = b.cpu_validation.to_dict()
+    if b.cpu_validation is not None:  # the shipped artifact on the CPU too (all eval samples)
+        b.manifest["validation"]["cpu"] = b.cpu_validation.to_dict()
 
 
 STAGES: dict[str, Callable[[Build], None]] = {

@@ -181,7 +181,12 @@ def _plan(profile: DeviceProfile, fmt: str | None, backend: str | None, quant: s
         matches = [(f, b) for f, b, _ in options if f == fmt]
         if not matches:
             raise PlanError(f"format {fmt!r} is not available on {profile.id}; it supports: {listed}")
-        fmt, backend = default if default in matches else matches[0]
+        # the first of the format's paths (the profile lists the fastest compute unit first) that builds the
+        # requested precision and scheme: galaxy-s24's --format tflite is its NPU for int8, its CPU for fp32
+        builds = [m for m in matches if precision in EXPORTERS[m[0]].backends[m[1]].precisions
+                  and precision in profile.find_path(*m)[1].precisions
+                  and (scheme is None or scheme.name in EXPORTERS[m[0]].backends[m[1]].quant_schemes)]
+        fmt, backend = default if default in matches else (builds or matches)[0]
     elif fmt is None:
         matches = [(f, b) for f, b, _ in options if b == backend]
         if not matches:

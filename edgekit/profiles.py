@@ -130,7 +130,7 @@ class DeviceProfile(_Frozen):
     default: DefaultPath
     quantization: tuple[QuantRule, ...] = ()
     budgets: Budgets
-    qnn: Qnn | None = None  # a Qualcomm HTP: the onnx/qnn path compiles for it and validates on its emulator
+    qnn: Qnn | None = None  # a Qualcomm HTP: the onnx/qnn and tflite/qnn paths compile for it, validated on its emulator
     notes: str = ""
 
     @model_validator(mode="after")
@@ -139,8 +139,10 @@ class DeviceProfile(_Frozen):
             raise ValueError(
                 f"default {self.default.format}/{self.default.backend} is not one of the compute units' paths"
             )
-        if self.find_path("onnx", "qnn") is not None and self.qnn is None:
-            raise ValueError("a profile with the onnx/qnn path needs a [qnn] table (chip, soc_model, htp_arch)")
+        qnn_paths = [f"{p.format}/qnn" for _, p in self.paths() if p.backend == "qnn"]
+        if qnn_paths and self.qnn is None:
+            raise ValueError(f"a profile with the {' and '.join(qnn_paths)} path needs a [qnn] table "
+                             "(chip, soc_model, htp_arch)")
         return self
 
     def paths(self) -> list[tuple[ComputeUnit, TargetPath]]:

@@ -2,7 +2,9 @@
 
 LiteRT's interpreter applies XNNPACK by default on CPU, so the xnnpack backend
 runs here as on a board. The GPU delegate exists only on the phone; there the
-same file is validated on CPU (a host twin).
+same file is validated on CPU (a host twin). The qnn backend (Qualcomm's NPU)
+exports the same full-integer file; the build's compile stage compiles it for
+the chip ahead of time (edgekit.qnn).
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ class TFLiteExporter(Exporter):
         "xnnpack": BackendSpec("xnnpack", "LiteRT CPU with the XNNPACK delegate", ("fp32", "int8", "int8-weight"),
                                True, runtime_target="XNNPACK delegate",
                                quant_schemes=("int8", "int8-qat", "int8-dynamic", "int8-weight-only", "mixed")),
+        # LiteRT's Qualcomm NPU accelerator. The portable full-integer .tflite is the bundle's model (validated on
+        # LiteRT's CPU); the compile stage adds LiteRT's ahead-of-time compilation for the profile's chip and runs
+        # its QNN context on Qualcomm's HTP emulator (edgekit.qnn).
+        "qnn": BackendSpec("qnn", "LiteRT's Qualcomm NPU accelerator (Hexagon HTP), compiled ahead of time",
+                           ("int8",), False,
+                           host_twin="the portable .tflite on LiteRT's CPU; its NPU compilation on Qualcomm's HTP "
+                                     "emulator (edgekit[qnn])",
+                           runtime_target="Qualcomm NPU (LiteRT dispatch)", quant_schemes=("int8", "int8-qat")),
         "gpu": BackendSpec("gpu", "LiteRT GPU delegate (OpenCL / OpenGL ES)", ("fp32",), False,
                            host_twin="the same .tflite file on LiteRT's CPU (XNNPACK)",
                            runtime_target="GPU delegate"),

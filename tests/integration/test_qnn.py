@@ -2,6 +2,8 @@
 installs): the int8 digits bundle compiled ahead of time for SM8650 (EPContext model + QNN context binary) and
 validated on the x86-64 HTP emulator with every node on QNN; the runner loads the compiled model there; a model
 with an op QNN rejects, a context compiled for another chip, and a missing extra are each refused by name.
+`--format tflite`: LiteRT's ahead-of-time compilation of the int8 .tflite for SM8650 (model_npu.tflite), the QNN
+context inside it run on the emulator against LiteRT's CPU; an op LiteRT's compiler leaves to the CPU is named.
 
 The emulator computes what the HTP computes; it is not the phone, and its speed is not the phone's."""
 
@@ -42,8 +44,8 @@ def test_the_int8_bundle_is_compiled_for_sm8650_and_validated_on_the_emulator(np
     assert v["runtime"]["model_file"] == "model_ctx.onnx" and v["runtime"]["qnn"]["where"] == "htp-emulator"
     assert v["runtime"]["nodes_per_provider"] == {QNN: 1}  # the whole graph is one EPContext node on QNN
     assert q["placement"]["nodes"] == q["placement"]["nodes_on_qnn"] > 20  # every node of the QDQ model
-    assert v["n_samples"] == 360 == v["cpu_ep"]["n_samples"]
-    cpu = v["cpu_ep"]
+    assert v["n_samples"] == 360 == v["cpu"]["n_samples"]
+    cpu = v["cpu"]
     assert cpu["where"] == "host-twin" and cpu["runtime"]["provider"] == "CPUExecutionProvider"
     # the emulator's int8 against the CPU EP's int8 and PyTorch fp32, on the same samples
     against = v["against"]["onnxruntime CPU EP"]
@@ -112,3 +114,86 @@ def test_without_the_extra_the_build_says_so_loudly_and_validates_on_the_cpu_ep(
     assert any("NOT validated on its NPU" in w and "pip install 'edgekit[qnn]'" in w for w in manifest["warnings"])
     assert not (out / "model_ctx.onnx").exists()
     assert np.load(out / "eval.npz")["labels"].shape == (360,)
+
+
+# --- --format tflite: LiteRT's ahead-of-time compilation for the NPU ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def litert_npu_bundle(built) -> Path:
+    return built("galaxy-s24", "--format", "tflite", "--quant", "int8")
+
+
+def test_format_tflite_is_compiled_by_litert_for_sm8650_and_its_context_runs_on_the_emulator(litert_npu_bundle):
+    from edgekit import qnn
+
+    bundle = litert_npu_bundle
+    manifest, problems = verify(bundle)
+    assert problems == []
+    model = manifest["model"]
+    assert (model["format"], model["backend"], model["file"]) == ("tflite", "qnn", "model.tflite")  # portable
+    q = model["export_details"]["qnn"]
+    c = q["compiled"]
+    assert (q["chip"], q["validated_on"], c["file"], c["qnn"]) == ("SM8650", "htp-emulator", "model_npu.tflite",
+                                                                 "2.51.0")
+    assert c["file"] in manifest["files"] and (bundle / c["file"]).stat().st_size == c["bytes"]
+    # every op of the portable file went to the NPU: the compiled file is one NPU partition
+    assert qnn._tflite_ops(bundle / c["file"]) == ["DISPATCH_OP"]
+    ops = qnn._tflite_ops(bundle / "model.tflite")
+    assert q["placement"] == {"ops": len(ops), "ops_on_npu": len(ops), "partitions": 1} and len(ops) >= 6
+    assert "DISPATCH_OP" not in ops and "FULLY_CONNECTED" in ops
+    v = manifest["validation"]
+    assert v["where"] == "htp-emulator" and v["passed"] and v["artifact"].startswith("model_npu.tflite")
+    assert v["runtime"]["provider"] == QNN and v["runtime"]["nodes_per_provider"] == {QNN: 1}
+    assert v["n_samples"] == 360 == v["cpu"]["n_samples"]
+    cpu = v["cpu"]
+    assert cpu["runtime"]["runtime"] == "ai-edge-litert" and cpu["where"] == "host-twin"
+    # the NPU's int8 against LiteRT's CPU int8 on the same file's arithmetic, and against PyTorch fp32
+    against = v["against"]["LiteRT CPU"]
+    assert against["top1_agreement"] >= 0.98 and 0 <= against["max_abs_error"] < 2.0
+    assert abs(v["value"] - cpu["value"]) <= 0.01 and v["reference_value"] - v["value"] <= 0.01
+
+
+def test_the_wrapped_litert_context_is_what_the_emulator_runs(litert_npu_bundle, tmp_path):
+    """The QNN context inside model_npu.tflite, run on the emulator, agrees with LiteRT's CPU run of the portable
+    model sample by sample (the runner quantizes the int8 I/O as its LiteRT adapter does)."""
+    from edgekit_runner import evaluate, runtimes
+
+    from edgekit import qnn
+
+    wrapped = tmp_path / "ctx.onnx"
+    info = qnn.tflite_context_as_onnx(litert_npu_bundle / "model_npu.tflite", wrapped)
+    assert info["graph"].startswith("qnn_partition") and info["context_bytes"] > 10_000
+    x = np.load(litert_npu_bundle / "eval.npz")["input.image"][:48]
+    npu = runtimes.load(wrapped, "onnxruntime", target=QNN, options={"soc_model": 57, "htp_arch": 75})
+    assert npu.info["qnn"]["where"] == "htp-emulator" and npu.info["qnn"]["nodes_not_on_qnn"] == []
+    assert npu.inputs[0].dtype == "int8"
+    got = evaluate.run_dataset(npu, {"image": x})[0]
+    ref = evaluate.run_dataset(runtimes.load(litert_npu_bundle / "model.tflite", "litert"), {"image": x})[0]
+    assert got.dtype == np.float32 and got.shape == ref.shape == (48, 10)
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95 and np.abs(got - ref).max() < 2.0
+
+
+def test_an_op_the_npu_compiler_leaves_to_the_cpu_is_named(tmp_path):
+    import litert_torch
+    import torch
+
+    from edgekit import qnn
+
+    class Angle(torch.nn.Module):
+        def forward(self, x):
+            return torch.atan2(x, x + 1)
+
+    litert_torch.convert(Angle().eval(), (torch.randn(1, 16),)).export(str(tmp_path / "model.tflite"))
+    with pytest.raises(PlanError, match=r"SM8650 \(v75\) cannot run 1 of 2 ops of model.tflite: ATAN2: LiteRT's "
+                                        r"Qualcomm compiler \(QNN 2.51.0\) left them to the CPU"):
+        qnn.compile_tflite(tmp_path / "model.tflite", "SM8650", 75)
+    assert not (tmp_path / "model_npu.tflite").exists()
+
+
+def test_the_runner_says_why_the_portable_tflite_ran_on_the_cpu(litert_npu_bundle, tmp_path):
+    out = tmp_path / "run.json"
+    subprocess.run([sys.executable, "-m", "edgekit_runner", str(litert_npu_bundle), "--runs", "3", "--min-seconds",
+                    "0.05", "--warmup-seconds", "0", "--out", str(out)], check=True, capture_output=True, timeout=300)
+    report = json.loads(out.read_text())
+    assert report["status"] == "OK" and "model_npu.tflite" in report["fallback"]
+    assert "libLiteRtDispatch_Qualcomm.so" in report["fallback"] and report["metrics"]["accuracy"] > 0.95

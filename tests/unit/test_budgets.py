@@ -79,7 +79,7 @@ def test_a_run_on_the_htp_emulator_measures_accuracy_but_not_the_phones_speed_or
                 "profile": {"budgets": {"max_model_mb": 50, "max_peak_memory_mb": 512, "p90_latency_ms": 15,
                                         "max_accuracy_drop": 1.0}},
                 # the emulator's validation ran 120 of the eval samples; the CPU EP's all of them
-                "validation": {"metric": "accuracy", "reference_value": 1.0, "cpu_ep": {"reference_value": 0.99}}}
+                "validation": {"metric": "accuracy", "reference_value": 1.0, "cpu": {"reference_value": 0.99}}}
     report = {"latency_ms": {"p90": 700.0}, "memory": {"peak_rss_run_mb": 900.0}, "metrics": {"accuracy": 0.985},
               "runtime": {"qnn": {"where": "htp-emulator"}}}
     checks = {c.key: c for c in for_bench(from_manifest(manifest), manifest, report, "local")}

@@ -27,6 +27,19 @@ def test_format_override_picks_a_backend_of_the_profile():
     assert plan.backend == "tensorrt"
 
 
+def test_format_override_takes_the_first_path_that_builds_the_precision():
+    """galaxy-s24 lists its NPU first: --format tflite is LiteRT's Qualcomm NPU for int8 (compiled ahead of time,
+    a compile stage), its CPU (XNNPACK) for what the NPU path does not build."""
+    s24 = load_profile("galaxy-s24")
+    npu = make_plan(s24, fmt="tflite", quant="int8")
+    assert (npu.backend, npu.qnn["chip"], npu.stages[-2:]) == ("qnn", "SM8650", ("compile", "bundle"))
+    for quant in ("none", "int8-weight-only"):
+        plan = make_plan(s24, fmt="tflite", quant=quant)
+        assert (plan.backend, plan.qnn) == ("xnnpack", None) and "compile" not in plan.stages
+    with pytest.raises(PlanError, match="fp32 is not available for tflite/qnn on galaxy-s24"):
+        make_plan(s24, fmt="tflite", backend="qnn", quant="none")
+
+
 def test_impossible_combination_names_what_works():
     with pytest.raises(PlanError) as e:
         make_plan(load_profile("jetson-orin-nano"), fmt="executorch", backend="coreml")

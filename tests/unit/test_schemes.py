@@ -49,7 +49,7 @@ def test_qat_only_where_a_pt2e_quantizer_trains():
     assert make_plan(load_profile("pixel8"), quant="int8-qat", qat_epochs=5).quant_scheme["epochs"] == 5
     assert make_plan(load_profile("raspberry-pi-5"), quant="int8-qat").stages[3] == "qat"
     with pytest.raises(PlanError, match="--quant int8-qat is not available for onnx/qnn on galaxy-s24; "
-                                        "it works with: executorch/xnnpack, tflite/xnnpack"):
+                                        "it works with: tflite/qnn, executorch/xnnpack, tflite/xnnpack"):
         make_plan(load_profile("galaxy-s24"), quant="int8-qat")
 
 

@@ -27,6 +27,7 @@ model is compiled on the spot and ``info['qnn']['compiled_fallback']`` says why.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,12 +221,21 @@ def _onnxruntime(path: Path, threads: int | None, target: str | None,
     inputs = [TensorInfo(i.name, list(i.shape), _ort_dtype(i.type)) for i in sess.get_inputs()]
     outputs = [TensorInfo(o.name, list(o.shape), _ort_dtype(o.type)) for o in sess.get_outputs()]
     names = [i.name for i in inputs]
+    # A graph whose inputs/outputs are quantized tensors (LiteRT's NPU context wrapped in an EPContext node) says
+    # so in its metadata: callers still see float arrays, quantized and dequantized as the LiteRT adapter does.
+    io_q = json.loads((sess.get_modelmeta().custom_metadata_map or {}).get(IO_QUANTIZATION, "{}"))
+    q_in = [{"dtype": t.dtype, "quantization": io_q.get(t.name) or (0.0, 0)} for t in inputs]
+    q_out = [{"dtype": t.dtype, "quantization": io_q.get(t.name) or (0.0, 0)} for t in outputs]
+
+    def feed(arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, [_quantize(a, d) for a, d in zip(arrays, q_in)] if io_q else arrays))
 
     def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
-        return list(sess.run(None, dict(zip(names, arrays))))
+        got = sess.run(None, feed(arrays))
+        return [_dequantize(a, d) for a, d in zip(got, q_out)] if io_q else list(got)
 
     def bind(arrays: list[np.ndarray]) -> Callable[[], Any]:
-        return functools.partial(sess.run, None, dict(zip(names, arrays)))
+        return functools.partial(sess.run, None, feed(arrays))
 
     if provider != chain[0] and not reasons:
         reasons.append(f"{chain[0]} was registered but took none of the model's nodes")
@@ -281,6 +291,7 @@ def _ort_session(ort: Any, path: Path, opts: Any, chain: list[str],
 
 
 QNN = "QNNExecutionProvider"
+IO_QUANTIZATION = "edgekit.io_quantization"  # see _onnxruntime
 # What QNN calls the chips it knows (soc_model) -- only to name them in messages; the profile holds the numbers.
 QNN_SOCS = {30: "SM8350", 36: "SM8450", 42: "SM8475", 43: "SM8550", 57: "SM8650", 69: "SM8750"}
 
@@ -395,7 +406,8 @@ def _ort_nodes_per_provider(sess: Any) -> dict[str, int]:
 
 def _ort_dtype(t: str) -> str:
     return {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64",
-            "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int32)": "int32"}.get(t, t)
+            "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(int16)": "int16",
+            "tensor(int32)": "int32"}.get(t, t)
 
 
 # ---------------------------------------------------------------- LiteRT / TFLite
@@ -434,8 +446,12 @@ def _litert(path: Path, threads: int | None, target: str | None) -> LoadedModel:
             except (ValueError, OSError, RuntimeError) as e:
                 errors.append(f"{lib}: {str(e).splitlines()[0][:200]}")
         if not delegates:
-            fallback = (f"ran on CPU (XNNPACK) instead of {target}: "
-                        f"{'; '.join(errors) or 'this runtime has no such delegate'}")
+            why = "; ".join(errors) or "this runtime has no such delegate"
+            if "NPU" in target:  # tflite/qnn: model_npu.tflite is for LiteRT's CompiledModel API on the phone
+                why = ("the NPU file (model_npu.tflite) runs through LiteRT's CompiledModel API with Qualcomm's "
+                       "dispatch library (libLiteRtDispatch_Qualcomm.so), which an Android app bundles; this "
+                       "Python runtime has no such library, so the portable model ran")
+            fallback = f"ran on CPU (XNNPACK) instead of {target}: {why}"
     interp = interpreter_cls(model_path=str(path), num_threads=threads, experimental_delegates=delegates or None)
     interp.allocate_tensors()
     ins, outs = _in_signature_order(interp, interp.get_input_details(), "inputs"), \
