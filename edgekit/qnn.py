@@ -161,16 +161,13 @@ def _litert_qualcomm_sdk(scratch: Path) -> Iterator[None]:
 
 def _tflite_ops(path: Path) -> list[str]:
     """The operator names of a .tflite file's first subgraph, in order (custom ops by their custom code)."""
-    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = flatbuffer_utils.read_model(str(path))
     out = []
     for op in model.subgraphs[0].operators or []:
-        code = model.operatorCodes[op.opcodeIndex]
-        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
-        out.append(code.customCode.decode() if code.customCode else names.get(builtin, str(builtin)))
+        custom = model.operatorCodes[op.opcodeIndex].customCode
+        out.append(custom.decode() if custom else flatbuffer_utils.opcode_to_name(model, op.opcodeIndex))
     return out
 
 
