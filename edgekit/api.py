@@ -38,7 +38,7 @@ def plan_build(device: str, project: str | Path | None = None, *, quant: str = "
                backend: str | None = None, distill: bool = True, out: str | Path | None = None,
                profiles_dirs: list[Path] | None = None, **options: Any) -> BuildRequest:
     """Load the profile and the project and make the plan (no work done; impossible requests are refused).
-    ``options``: calib_samples, qat_epochs, group_size, keep_float, max_accuracy_drop, budget (a dict of
+    ``options``: calib_samples, qat_epochs, group_size, keep_float, max_accuracy_drop, validate_on, budget (a dict of
     :data:`edgekit.budgets.KEYS` overrides) as the CLI's."""
     from edgekit.plan import make_plan
     from edgekit.profiles import ProfileRegistry

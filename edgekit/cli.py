@@ -213,6 +213,10 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
                    "latency_p90_ms, accuracy_drop (points), decode_tokens_per_s, time_to_first_token_ms.")
 @click.option("--fail-on-budget/--no-fail-on-budget", default=True, show_default=True,
               help="Exit with code 10 when a measured number misses a budget (the bundle is written either way).")
+@click.option("--validate-on", "validate_on", type=click.Choice(["host", "emu"]), default="host", show_default=True,
+              help="emu: also run the bundle on the profile's arm64 CPU under QEMU (edgekit emu; as `edgekit bench "
+                   "--on emu:DEVICE`) before it is written, and record it as validation.arm64; a quantized "
+                   "classifier that misses the accuracy budget there fails the build.")
 @click.option("--search", "do_search", is_flag=True,
               help="Try the recipes the profile allows (formats x schemes, with and without KD), measure each on "
                    "--on, keep the Pareto front and ship the best within budgets (study in <out>.search/, "
@@ -232,7 +236,7 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
           quant: str, calib_samples: int, qat_epochs: int, group_size: int, keep_float: tuple[str, ...],
           max_accuracy_drop: float | None, distill: bool, budget: tuple[str, ...], fail_on_budget: bool,
-          do_search: bool, max_trials: int, target: str, objective: str, out: Path | None, force: bool,
+          validate_on: str, do_search: bool, max_trials: int, target: str, objective: str, out: Path | None, force: bool,
           dry_run: bool, as_json: bool) -> None:
     """Export, validate and bundle the project's model for DEVICE, and check the measured numbers against the
     device's budgets (exit code 10 when one is missed; the bundle is still written)."""
@@ -243,7 +247,7 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
     request = plan_build(device, project, quant=quant, format=fmt, backend=backend, distill=distill, out=out,
                          profiles_dirs=ctx.obj.profiles_dirs, calib_samples=calib_samples, qat_epochs=qat_epochs,
                          group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop,
-                         budget=parse_overrides(budget))
+                         budget=parse_overrides(budget), validate_on=validate_on)
     profile, spec, plan, out = request.profile, request.project, request.plan, request.out
     if do_search:
         _search(ctx, request, fmt, quant, max_trials, target, objective, force, fail_on_budget, dry_run)
@@ -323,6 +327,18 @@ def _print_plan(con: Any, plan: Any, spec: Any, out: Path) -> None:
     for label, value in plan.describe():
         con.print(f"  {label:<17} {_e(value)}")
     con.print(f"  {'bundle':<17} {_e(out)}")
+
+
+def _print_arm64(con: Any, manifest: dict) -> None:
+    """--validate-on emu: what the bundle scored on the profile's arm64 CPU under QEMU, next to this host."""
+    a = (manifest.get("validation") or {}).get("arm64")
+    if not a:
+        return
+    m = a.get("metrics") or {}
+    score = (f"{a['metric']} {a['value']:.2%} (this host: {a['host_value']:.2%})" if "value" in a else
+             ", ".join(f"{k} {m[k]:.4g}" for k in ("perplexity", "top1_agreement", "max_abs_error") if k in m))
+    con.print(f"  validated on arm64: {_e(a['emulator'])} -cpu {_e(a['qemu_cpu'])}: {_e(score)}"
+              + (f"; [red]fallback: {_e(a['fallback'])}[/]" if a.get("fallback") else ""))
 
 
 def _print_npu(con: Any, manifest: dict) -> None:
@@ -426,6 +442,7 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
              if v.max_accuracy_drop is not None else f"the {result.plan.task} task's thresholds")
     con.print(f"  validated: {check}; latency is this host's (batch {v.host_latency_ms['batch']}), not the device's")
     _print_npu(con, result.manifest)
+    _print_arm64(con, result.manifest)
     for w in result.warnings:
         con.print(f"  [yellow]warning[/]: {_e(w)}")
     from edgekit.budgets import print_checks
@@ -654,6 +671,54 @@ def _store_report(report: dict, manifest: dict) -> None:
         else:
             raise ResultsError(f"the run was not stored: {e}") from None
         raise ResultsError(f"the run was not stored: {e}; the report is kept in {kept}") from None
+
+
+# ---------------------------------------------------------------- emu
+@cli.group()
+def emu() -> None:
+    """The emulated arm64 target (edgekit bench BUNDLE --on emu:PROFILE): a Debian arm64 root under QEMU."""
+
+
+@emu.command("setup")
+@click.option("--runtime", "runtimes", multiple=True, metavar="NAME[==VERSION]",
+              help="A runtime's venv to make too: onnxruntime, litert or executorch (repeatable; default: none; "
+                   "the version defaults to this host's).")
+@click.option("--rebuild", is_flag=True, help="Build the root again even if the cached one is usable.")
+def emu_setup(runtimes: tuple[str, ...], rebuild: bool) -> None:
+    """Build the cached arm64 root (debootstrap, no root needed) and the runtimes' venvs in it.
+
+    \b
+    Needs Debian's qemu-user-static (>= 10: bookworm-backports), proot and debootstrap.
+    Everything is kept under $EDGEKIT_HOME/emu; a second run reuses it.
+    """
+    import time
+
+    from edgekit import emu as emulation
+
+    con = _console(stderr=True)
+    wanted = [(name, version or None) for name, _, version in (r.partition("==") for r in runtimes)]
+    for name, _ in wanted:
+        if name not in emulation.RUNTIME_PACKAGES:
+            raise click.BadParameter(f"{name!r} is not one of {', '.join(emulation.RUNTIME_PACKAGES)}",
+                                     param_hint="--runtime")
+    t0 = time.monotonic()
+    tools = emulation.find_tools()
+    con.print(f"emulator: {_e(tools.qemu_label)} through {_e(tools.proot)}")
+    for w in emulation.check_cpu(tools, "cortex-a76"):
+        con.print(f"[yellow]warning[/]: {_e(w)}")
+    with con.status("arm64 root") as status:
+        def step(message: str) -> None:
+            status.update(_e(message))
+            if not message.startswith(("Retrieving", "Validating", "Extracting", "Unpacking", "Configuring",
+                                       "Installing", "Checking", "Chosen", "Found", "Resolving", "Base system")):
+                con.print(f"  {_e(message)}", style="dim")
+
+        folder = emulation.ensure_root(tools, step, rebuild=rebuild)
+        pythons = [emulation.ensure_venv(folder, tools, name, version, step) for name, version in wanted]
+    click.echo(f"arm64 root: {folder}")
+    for (name, _), python in zip(wanted, pythons, strict=True):
+        click.echo(f"{name}: {python}")
+    click.echo(f"ready in {time.monotonic() - t0:.0f} s; run: edgekit bench BUNDLE --on emu:PROFILE")
 
 
 cli.add_command(serve)

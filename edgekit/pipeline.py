@@ -31,6 +31,7 @@ from edgekit_runner.manifest import INPUT, REFERENCE
 from edgekit import signals
 from edgekit.bundle import BundleWriter
 from edgekit.bundle_manifest import artifact_dtypes, compose_manifest, copy_runner
+from edgekit.emu_stage import arm64_stage
 from edgekit.errors import ProjectError, ValidationFailed
 from edgekit.export import EXPORTERS
 from edgekit.export.base import ExportResult, subdir
@@ -339,7 +340,7 @@ def bundle_stage(b: Build) -> None:
 STAGES: dict[str, Callable[[Build], None]] = {
     "load": load_stage, "distill": distill_stage, "export": export_stage, "validate": validate_stage,
     "analyze": analyze_stage, "quantize": quantize_stage, "qat": qat_stage, "compile": compile_stage,
-    "bundle": bundle_stage,
+    "bundle": bundle_stage, "arm64": arm64_stage,  # --validate-on emu (edgekit.emu)
 }
 
 

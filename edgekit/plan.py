@@ -11,7 +11,7 @@ request (e.g. Core ML for a Jetson) with the combinations that would work.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -113,11 +113,26 @@ def accuracy_budget(profile: DeviceProfile, max_accuracy_drop: float | None = No
     return profile.budgets.max_accuracy_drop if max_accuracy_drop is None else max_accuracy_drop
 
 
-def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
-              quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32,
-              keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
-              distill: bool = False, task: str = "classification", language_model: object = None,
-              budget: dict[str, float] | None = None) -> Plan:
+def make_plan(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None, *args: Any,
+              validate_on: str = "host", **kwargs: Any) -> Plan:
+    """:func:`plan_stages`'s plan; ``validate_on="emu"`` adds the ``arm64`` stage (``edgekit build --validate-on
+    emu``: the bundle on the profile's arm64 CPU under QEMU before it is written)."""
+    plan = plan_stages(profile, fmt, backend, *args, **kwargs)
+    if validate_on == "host":
+        return plan
+    if validate_on != "emu":
+        raise PlanError(f"--validate-on must be host or emu, not {validate_on!r}")
+    if profile.arch != "arm64" or profile.os not in ("linux", "android") or profile.cpu_isa is None:
+        raise PlanError(f"--validate-on emu needs an arm64 Linux or Android profile with a [cpu_isa] table; "
+                        f"{profile.id} is {profile.os}/{profile.arch}")
+    return plan.model_copy(update={"stages": (*plan.stages, "arm64")})
+
+
+def plan_stages(profile: DeviceProfile, fmt: str | None = None, backend: str | None = None,
+                quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32,
+                keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
+                distill: bool = False, task: str = "classification", language_model: object = None,
+                budget: dict[str, float] | None = None) -> Plan:
     """Pick format/backend (profile default unless overridden) and check it can be built.
 
     ``keep_float`` (mixed only) names the layers to keep in float instead of searching for them;

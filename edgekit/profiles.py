@@ -112,6 +112,16 @@ class Qnn(_Frozen):
     htp_arch: int = Field(ge=68, description="Hexagon HTP architecture (v75: 75)")
 
 
+class CpuIsa(_Frozen):
+    """What the CPU cores implement, and the QEMU CPU model that emulates them (``edgekit bench --on emu:``)."""
+
+    arch: str = Field(description="the cores' architecture version, e.g. armv8.2-a")
+    features: tuple[str, ...] = Field(description="ISA features as Linux's /proc/cpuinfo names them "
+                                      "(asimddp: dot product, i8mm, bf16, sve2, sme, ...)")
+    qemu_cpu: str = Field(pattern=r"^[a-z0-9][a-z0-9,=.-]*$",
+                          description="QEMU's -cpu model with the same features (qemu-aarch64 -cpu help)")
+
+
 class DeviceProfile(_Frozen):
     """A device, frozen and validated. Built from one TOML file."""
 
@@ -130,6 +140,7 @@ class DeviceProfile(_Frozen):
     default: DefaultPath
     quantization: tuple[QuantRule, ...] = ()
     budgets: Budgets
+    cpu_isa: CpuIsa | None = None  # arm64 Linux/Android: what QEMU must emulate to run its kernels
     qnn: Qnn | None = None  # a Qualcomm HTP: the onnx/qnn and tflite/qnn paths compile for it, validated on its emulator
     notes: str = ""
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.emu_stage import arm64_stage
 from edgekit.errors import ExportError, ProjectError
 from edgekit.export import EXPORTERS
 from edgekit.export.base import ExportResult, subdir
@@ -245,4 +246,4 @@ def bundle_stage(b: Any) -> None:
 
 
 STAGES = {"load": load_stage, "distill": distill_stage, "export": export_stage, "validate": validate_stage,
-          "quantize": quantize_stage, "bundle": bundle_stage}
+          "quantize": quantize_stage, "bundle": bundle_stage, "arm64": arm64_stage}

@@ -7,6 +7,7 @@ strings name one:
     local                                  a subprocess on this host
     ssh://user@host[:port]                 the system's OpenSSH client, key-based
     adb | adb:SERIAL                       the Android platform tools' adb client
+    emu:PROFILE[?cpu=MODEL]                the profile's arm64 CPU under QEMU on this host (edgekit.emu)
 
 Each takes ``?python=PATH`` (the device's interpreter); ssh also takes
 ``identity=FILE`` and ``ssh_option=Key=Value`` (repeatable), e.g.
@@ -21,9 +22,11 @@ never retried, retrying cannot change the answer).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,7 @@ __all__ = [
     "tail",
 ]
 
-TARGET_FORMS = "local, ssh://user@host[:port], adb or adb:SERIAL"
+TARGET_FORMS = "local, ssh://user@host[:port], adb, adb:SERIAL or emu:PROFILE"
 
 
 class TargetError(EdgekitError):
@@ -82,7 +85,7 @@ class ModelError(EdgekitError):
 
 @dataclass(frozen=True)
 class Target:
-    kind: str  # "local" | "ssh" | "adb"
+    kind: str  # "local" | "ssh" | "adb" | "emu"
     host: str | None = None
     user: str | None = None
     port: int | None = None
@@ -90,6 +93,8 @@ class Target:
     python: str | None = None
     identity: Path | None = None
     ssh_options: tuple[str, ...] = ()
+    profile: str | None = None  # emu: the device profile whose CPU is emulated
+    cpu: str | None = None  # emu: a QEMU CPU model instead of the profile's
 
     def __str__(self) -> str:
         if self.kind == "ssh":
@@ -97,6 +102,8 @@ class Target:
             return f"ssh://{self.user + '@' if self.user else ''}{host}{f':{self.port}' if self.port else ''}"
         if self.kind == "adb":
             return f"adb:{self.serial}" if self.serial else "adb"
+        if self.kind == "emu":
+            return f"emu:{self.profile}" + (f"?cpu={self.cpu}" if self.cpu else "")
         return "local"
 
 
@@ -115,6 +122,8 @@ def parse_target(spec: str, *, python: str | None = None, identity: Path | None 
     except ValueError:
         raise TargetError(f"target {spec!r}: cannot read the options after '?' (use key=value&key=value)") from None
     allowed = {"python"} | ({"identity", "ssh_option"} if base.startswith("ssh://") else set())
+    if base.startswith("emu:"):
+        allowed = {"cpu"}  # the interpreter is the emulated root's (one venv per runtime)
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise TargetError(f"target {spec!r}: unknown option {unknown[0]!r}; "
@@ -127,6 +136,16 @@ def parse_target(spec: str, *, python: str | None = None, identity: Path | None 
         if base.startswith("adb:") and not serial:
             raise TargetError(f"target {spec!r}: give the device serial after 'adb:' (see `adb devices`) or use 'adb'")
         return Target("adb", serial=serial, python=python)
+    if base.startswith("emu:"):
+        profile, cpu = base[4:], (params.get("cpu") or [None])[-1] or None
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", profile):
+            raise TargetError(f"target {spec!r}: give a device profile after 'emu:', e.g. emu:raspberry-pi-5")
+        if cpu is not None and not re.fullmatch(r"[a-z0-9][a-z0-9,=.-]*", cpu):
+            raise TargetError(f"target {spec!r}: cpu must be a QEMU CPU model, e.g. cpu=cortex-a76 or cpu=max")
+        if python:
+            raise TargetError(f"target {spec!r}: --python does not apply; the emulated root has one venv per "
+                              "runtime")
+        return Target("emu", profile=profile, cpu=cpu)
     if base.startswith("ssh://"):
         return _parse_ssh(spec, base, params, python, identity, ssh_options)
     raise TargetError(f"unknown target {spec!r}; use one of: {TARGET_FORMS}")
@@ -232,6 +251,7 @@ class Transport(ABC):
         self.target = target
         self.connect_timeout = connect_timeout
         self.transfer_timeout = transfer_timeout
+        self.on_step: Callable[[str], None] = lambda _message: None  # progress of long steps (run_bundle's)
 
     @property
     def name(self) -> str:
@@ -261,6 +281,9 @@ class Transport(ABC):
     @abstractmethod
     def pull(self, remote_file: str, local_file: Path) -> None:
         """Copy one file back from the device."""
+
+    def annotate(self, report: dict[str, Any]) -> None:
+        """Add what the transport knows of where the report was made (emu: the emulator); nothing by default."""
 
     @abstractmethod
     def cleanup(self) -> list[str]:

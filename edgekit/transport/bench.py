@@ -54,6 +54,8 @@ def open_transport(target: Target, connect_timeout: float = 10.0, transfer_timeo
         from edgekit.transport.ssh import SshTransport as cls
     elif target.kind == "adb":
         from edgekit.transport.adb import AdbTransport as cls
+    elif target.kind == "emu":
+        from edgekit.transport.emu import EmuTransport as cls
     else:
         raise TargetError(f"unknown target kind {target.kind!r}")
     return cls(target, connect_timeout, transfer_timeout)
@@ -89,6 +91,7 @@ def run_bundle(bundle: Path, target: str | Target, runs: int | None = None, warm
         while True:
             attempt += 1
             transport = open_transport(target, connect_timeout, transfer_timeout)
+            transport.on_step = step
             seconds: dict[str, float] = {}
             try:
                 outcome = _attempt(transport, staging, args, timeout, Path(tmp) / f"report-{attempt}.json",
@@ -148,6 +151,7 @@ def _attempt(transport: Transport, staging: Path, args: list[str], timeout: floa
                          retryable=False, stderr=c.stderr)
     with _timed(seconds, "pull"):
         report, warnings = _fetch_report(transport, f"{workdir}/report.json", report_file, c)
+    transport.annotate(report)
     status = report.get("status", status)
     if status not in RUNNER_EXIT.values():
         raise InfraError(f"the runner on {t} returned a report with an unknown status {status!r}", retryable=False)

@@ -74,6 +74,8 @@ def make_bench_command(store: Store | None = None) -> click.Command:
         TARGET:  local                       this host, clean environment
                  ssh://user@host[:port]      a board with sshd and your key
                  adb | adb:SERIAL            an Android device (see targets/android)
+                 emu:PROFILE[?cpu=MODEL]     the profile's arm64 CPU under QEMU on this host
+                                             (edgekit emu setup; timings not the device's)
 
         Arguments after `--` go to the runner unchanged, e.g.
         `edgekit bench build/pixel8 --on adb -- --min-seconds 5 --cpus 4-7`.
@@ -154,6 +156,13 @@ def print_summary(con: Any, bundle: Path, outcome: RunOutcome) -> None:
     if dev:
         facts = (dev.get("board") or dev.get("node"), dev.get("cpu_model"), dev.get("os"), dev.get("arch"))
         rows.append(("device", escape(", ".join(str(f) for f in facts if f))))
+    em = dev.get("emulation") if isinstance(dev.get("emulation"), dict) else None
+    if em:
+        extra = f"; features the device lacks: {', '.join(em['extra_features'])}" if em.get("extra_features") else ""
+        missing = f"; lacks the device's {', '.join(em['missing_features'])}" if em.get("missing_features") else ""
+        rows.append(("EMULATED", f"[bold yellow]{escape(str(em.get('emulator')))} -cpu {escape(str(em.get('qemu_cpu')))}"
+                                 f" on {em.get('cores')} cores{escape(extra + missing)}: timings are not the "
+                                 "device's[/]"))
     for label, value in rows:
         table.add_row(label, value)
     con.print(table)

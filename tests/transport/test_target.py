@@ -31,6 +31,14 @@ def test_local_and_adb_forms():
     assert parse_target("adb:R5CT1234?python=/data/local/tmp/py/bin/python3").python == "/data/local/tmp/py/bin/python3"
 
 
+def test_emu_form():
+    assert parse_target("emu:raspberry-pi-5") == Target("emu", profile="raspberry-pi-5")
+    t = parse_target("emu:pixel8?cpu=max,sme=off")
+    assert (t.kind, t.profile, t.cpu, str(t)) == ("emu", "pixel8", "max,sme=off", "emu:pixel8?cpu=max,sme=off")
+    with pytest.raises(TargetError, match="--python does not apply"):
+        parse_target("emu:pixel8", python="/usr/bin/python3")
+
+
 def test_ssh_form_with_options_and_cli_overrides(tmp_path):
     key = tmp_path / "id"
     key.write_text("a key file")
@@ -55,6 +63,9 @@ def test_ssh_form_with_options_and_cli_overrides(tmp_path):
     ("ssh://pi@host?pyton=/usr/bin/python3", "unknown option 'pyton'"),
     ("adb?identity=/k", "unknown option 'identity'"),
     ("adb:", "give the device serial"),
+    ("emu:", "give a device profile"),
+    ("emu:pixel8?python=/usr/bin/python3", "unknown option 'python'"),
+    ("emu:pixel8?cpu=max;rm", "cpu must be a QEMU CPU model"),
     ("ssh://pi@host?ssh_option=-oProxyCommand=x", "must be Key=Value"),
 ])
 def test_bad_targets_are_refused_with_a_reason(spec, message):

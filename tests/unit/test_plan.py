@@ -67,12 +67,12 @@ def test_every_stage_a_plan_lists_is_a_stage_the_pipeline_runs():
     seen = set()
     for profile_id in ProfileRegistry().names():
         for quant in QUANT_CHOICES:
-            for distill in (False, True):
+            for distill, validate_on in ((False, "host"), (True, "host"), (False, "emu")):
                 try:
-                    plan = make_plan(load_profile(profile_id), quant=quant, distill=distill)
+                    plan = make_plan(load_profile(profile_id), quant=quant, distill=distill, validate_on=validate_on)
                 except PlanError:
                     continue
                 assert set(plan.stages) <= set(STAGES), (profile_id, quant, plan.stages)
-                assert plan.stages[0] == "load" and plan.stages[-1] == "bundle"
+                assert plan.stages[0] == "load" and plan.stages[-1] == {"host": "bundle", "emu": "arm64"}[validate_on]
                 seen.update(plan.stages)
     assert seen == set(STAGES)  # and every pipeline stage is reachable from some plan

@@ -120,8 +120,13 @@ def _executorch(path: Path, threads: int | None, target: str | None) -> LoadedMo
     torch, runtime_cls, portable_lib = _import_executorch()
     rt = runtime_cls.get()
     if target and not rt.backend_registry.is_available(target):
+        registered = rt.backend_registry.registered_backend_names
+        if target in registered:  # compiled in, but its init failed (XNNPACK: "Failed to initialize, status 0x5")
+            raise RuntimeError(f"the model is delegated to {target}, which this ExecuTorch runtime has but could "
+                               f"not initialise (is_available() is false; ExecuTorch's log on stderr says why; "
+                               f"XNNPACK needs /sys/devices/system/cpu/possible and present to read the CPUs)")
         raise RuntimeError(f"the model is delegated to {target}, which this ExecuTorch runtime does not have "
-                           f"(registered: {', '.join(rt.backend_registry.registered_backend_names)}); "
+                           f"(registered: {', '.join(registered)}); "
                            f"run a bundle built for one of those, or install an ExecuTorch build with {target}")
     if threads:  # XNNPACK and the portable kernels share ExecuTorch's one threadpool
         portable_lib._unsafe_reset_threadpool(threads)
