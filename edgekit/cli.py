@@ -149,6 +149,9 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
     con.print(f"[bold]{_e(p.name)}[/] ({p.id}) — {_e(p.soc)}")
     con.print(f"CPU: {p.cpu_cores} cores, {_e(p.cpu)}; memory {p.memory_gb:g} GB; {p.os}/{p.arch}; "
               f"transport {p.transport}")
+    if p.cpu_isa:
+        con.print(f"ISA: {_e(p.cpu_isa.arch)} ({_e(', '.join(p.cpu_isa.features))}); emulated as QEMU -cpu "
+                  f"{_e(p.cpu_isa.qemu_cpu)} (edgekit bench --on emu:{p.id})")
     con.print(f"default: {p.default.format}/{p.default.backend}, quantization {p.default.quant}")
     units = Table("unit", "name", "format/backend", "precisions", "note")
     for cu, path in p.paths():

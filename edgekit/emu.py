@@ -30,13 +30,15 @@ bookworm-backports) is required for a CPU model with SME and recommended for all
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -142,8 +144,25 @@ def root_problems(folder: Path) -> list[str]:
     return [f"{rel} is missing" for rel in need if not (root / rel).is_file()]
 
 
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One edgekit at a time builds in the cache (a second waits, then finds the work done)."""
+    home = emu_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_root(tools: Tools, step: Step = lambda _m: None, rebuild: bool = False) -> Path:
     """The cached root's folder (``root/`` inside it is the filesystem), built if missing or unusable."""
+    if not root_problems(root_dir()) and not rebuild:
+        return root_dir()
+    with _locked():
+        return _ensure_root(tools, step, rebuild)
+
+
+def _ensure_root(tools: Tools, step: Step, rebuild: bool) -> Path:
     folder = root_dir()
     problems = root_problems(folder)
     if not problems and not rebuild:
@@ -222,6 +241,11 @@ def venv_key(reqs: Sequence[str]) -> str:
 def ensure_venv(folder: Path, tools: Tools, runtime: str, version: str | None = None,
                 step: Step = lambda _m: None) -> str:
     """The guest path of the python of ``runtime``'s venv inside the root, made if missing."""
+    with _locked():
+        return _ensure_venv(folder, tools, runtime, version, step)
+
+
+def _ensure_venv(folder: Path, tools: Tools, runtime: str, version: str | None, step: Step) -> str:
     reqs = requirements(runtime, version)
     key = venv_key(reqs)
     guest = f"/opt/edgekit/venvs/{key}"

@@ -88,7 +88,10 @@ def test_onnx_asymmetric_int4_runs_the_block_offsets_and_is_no_worse(tiny_lm_pro
     assert sum(n.op_type == "Add" and n.name.endswith("_add_offset") for n in graph.node) == 2 * 7
     symmetric = edgekit.Bundle.open(quantized("onnx", "int4-weight-only")).manifest.data["validation"]["metrics"]
     asym = m["validation"]["metrics"]
-    assert abs(asym["perplexity_increase"]) <= abs(symmetric["perplexity_increase"]), (asym, symmetric)
+    # no worse = its perplexity is not higher than symmetric int4's (both against the same fp32 reference). Not
+    # abs(): the test's tiny model is trained on the fly, and on an AVX-512 host its asymmetric int4 came out
+    # 0.125% *below* fp32's perplexity (symmetric: -0.005%), which abs() counted as worse
+    assert asym["perplexity_increase"] <= symmetric["perplexity_increase"], (asym, symmetric)
 
 
 def test_distil_then_int4_ships_the_kd_student_quantized(tiny_lm_project, lm_built, tmp_path, monkeypatch):
