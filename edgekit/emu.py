@@ -10,8 +10,9 @@ max error and memory. Timings under emulation say nothing about the device: the 
 What is built, once, under ``$EDGEKIT_EMU_HOME`` (default ``$EDGEKIT_HOME/emu``; ``edgekit emu setup``):
 
 - ``debian-bookworm-arm64/root``: a Debian arm64 root filesystem (``debootstrap --variant=minbase`` with
-  python3 and python3-venv). Both debootstrap stages run under ``proot -0`` (a fake root through ptrace),
-  the second through QEMU: no root, no binfmt handler, no mounts. A root whose stamp or key files are
+  python3 and python3-venv). Building it needs root once (debootstrap makes device nodes and mounts /proc;
+  its second stage runs through ``proot -q qemu-aarch64``: no binfmt handler). Running bundles on it needs
+  no root: every run goes through proot and QEMU, with no mounts. A root whose stamp or key files are
   missing (an interrupted build, a deleted file) is rebuilt;
 - ``.../root/opt/edgekit/venvs/<runtime>-<version>_numpy-<version>``: one virtualenv per runtime, made by
   the root's own ``python3 -m venv``; its packages are installed by ``uv`` on the host for the aarch64
@@ -148,8 +149,14 @@ def root_problems(folder: Path) -> list[str]:
 def _locked() -> Iterator[None]:
     """One edgekit at a time builds in the cache (a second waits, then finds the work done)."""
     home = emu_home()
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".lock", "w") as f:
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        f = open(home / ".lock", "a")  # noqa: SIM115 (held for the with-block below)
+    except OSError as e:
+        raise EmuError(f"cannot write to the emulation cache {home} ({e.strerror}): something is missing there "
+                       "and only its owner can add it; run `sudo -E edgekit emu setup --runtime ...`, or set "
+                       "EDGEKIT_EMU_HOME to a folder of yours") from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 
@@ -158,6 +165,10 @@ def ensure_root(tools: Tools, step: Step = lambda _m: None, rebuild: bool = Fals
     """The cached root's folder (``root/`` inside it is the filesystem), built if missing or unusable."""
     if not root_problems(root_dir()) and not rebuild:
         return root_dir()
+    if os.geteuid() != 0:
+        raise EmuError(f"building the arm64 root needs root once (debootstrap makes its device nodes and mounts "
+                       f"/proc); run `sudo -E edgekit emu setup --runtime ...` (-E keeps $EDGEKIT_EMU_HOME: "
+                       f"{emu_home()}); running bundles on it needs no root")
     with _locked():
         return _ensure_root(tools, step, rebuild)
 
@@ -241,20 +252,29 @@ def venv_key(reqs: Sequence[str]) -> str:
 def ensure_venv(folder: Path, tools: Tools, runtime: str, version: str | None = None,
                 step: Step = lambda _m: None) -> str:
     """The guest path of the python of ``runtime``'s venv inside the root, made if missing."""
-    with _locked():
-        return _ensure_venv(folder, tools, runtime, version, step)
-
-
-def _ensure_venv(folder: Path, tools: Tools, runtime: str, version: str | None, step: Step) -> str:
     reqs = requirements(runtime, version)
-    key = venv_key(reqs)
-    guest = f"/opt/edgekit/venvs/{key}"
-    host = folder / "root" / guest.lstrip("/")
+    guest = f"/opt/edgekit/venvs/{venv_key(reqs)}"
+    if not _venv_ready(folder, guest, reqs):
+        with _locked():
+            if not _venv_ready(folder, guest, reqs):  # another edgekit may have made it meanwhile
+                _make_venv(folder, tools, runtime, reqs, guest, step)
+    return f"{guest}/bin/python"
+
+
+def _venv_ready(folder: Path, guest: str, reqs: list[str]) -> bool:
     try:
-        if json.loads((host / VENV_STAMP).read_text()).get("requirements") == reqs:
-            return f"{guest}/bin/python"
+        stamp = json.loads((folder / "root" / guest.lstrip("/") / VENV_STAMP).read_text())
     except (OSError, ValueError):
-        pass
+        return False
+    return stamp.get("requirements") == reqs
+
+
+def _make_venv(folder: Path, tools: Tools, runtime: str, reqs: list[str], guest: str, step: Step) -> None:
+    key = guest.rsplit("/", 1)[1]
+    host = folder / "root" / guest.lstrip("/")
+    if not os.access(host.parent if host.parent.exists() else folder / "root" / "opt", os.W_OK):
+        raise EmuError(f"the {runtime} venv is not in the arm64 root {folder}, and you cannot write there: run "
+                       f"`sudo -E edgekit emu setup --runtime {runtime}` once")
     py = root_python(folder)
     partial_guest = f"/opt/edgekit/venvs/.{key}.partial"
     partial = folder / "root" / partial_guest.lstrip("/")
@@ -287,7 +307,6 @@ def _ensure_venv(folder: Path, tools: Tools, runtime: str, version: str | None, 
     shutil.rmtree(host, ignore_errors=True)
     partial.rename(host)
     step(f"venv ready: {guest} ({time.monotonic() - t0:.0f} s)")
-    return f"{guest}/bin/python"
 
 
 def _uv() -> str:

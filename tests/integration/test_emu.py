@@ -274,3 +274,12 @@ def _assert_arm64_run_lm(outcome: dict) -> None:
     for key in ("decode_tokens_per_s", "time_to_first_token_ms", "peak_memory_mb"):
         assert judged[key]["status"] == "not measured" and "emulation" in judged[key]["where"], judged[key]
     assert report["metrics"]["decode_tokens_per_s"] > 0  # measured and stored, not judged
+
+
+def test_without_root_the_root_is_not_built_and_the_message_says_how(tmp_path, monkeypatch):
+    """Checked for real as an unprivileged user (see the README); here the same path with geteuid() != 0."""
+    monkeypatch.setenv("EDGEKIT_EMU_HOME", str(tmp_path / "emu"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(emu.EmuError, match=r"needs root once .*sudo -E edgekit emu setup"):
+        emu.ensure_root(emu.find_tools())
+    assert not (tmp_path / "emu" / emu.ROOT_NAME).exists()
