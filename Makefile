@@ -34,6 +34,7 @@ bench: install
 	$(VENV)/bin/python benchmarks/embedding_distill.py
 	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano --quant none int8
 	$(VENV)/bin/python benchmarks/qnn.py  # galaxy-s24's NPU path on Qualcomm's HTP emulator (the qnn extra)
+	$(VENV)/bin/python benchmarks/emu.py  # the digits bundles on arm64 under QEMU vs x86-64 (edgekit emu; ~16 min the first time)
 	$(VENV)/bin/python benchmarks/summary.py  # benchmarks/results/summary.md: the tables above side by side
 
 kd-table: install  # Hinton KD / FitNet / int8 on digits, 3 seeds: benchmarks/results/kd_table.{md,json} (~15 min)
