@@ -14,7 +14,7 @@ command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 { command -v chromium || command -v chromium-browser; } >/dev/null 2>&1 || missing+=(chromium)
 command -v proot >/dev/null 2>&1 || missing+=(proot)
 command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
-qemu_major="$(qemu-aarch64-static --version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -1)"
+qemu_major="$({ qemu-aarch64-static --version 2>/dev/null || true; } | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -1)"
 backports=()
 if [ "${qemu_major:-0}" -lt 10 ]; then
   backports=(qemu-user-static)
