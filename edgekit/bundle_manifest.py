@@ -16,6 +16,7 @@ from edgekit_runner.manifest import MethodSpec, TensorSpec
 
 import edgekit
 from edgekit.bundle import SCHEMA_VERSION
+from edgekit.prune import compressed_bytes
 
 VERSIONED = ("torch", "executorch", "torchao", "onnx", "onnxscript", "onnxruntime", "litert-torch",
              "ai-edge-litert", "numpy")
@@ -34,7 +35,8 @@ def tool_versions() -> dict[str, str]:
 def compose_manifest(profile: Any, project: Any, plan: Any, model_path: Path, output_names: list[str],
                      reference: list[np.ndarray], arrays: dict[str, np.ndarray], result: Any, validation: Any,
                      baseline: tuple[Any, Any] | None, warnings: list[str],
-                     distilled: dict[str, Any] | None, tokenizer: dict[str, Any] | None) -> dict[str, Any]:
+                     distilled: dict[str, Any] | None, tokenizer: dict[str, Any] | None,
+                     pruned: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the bundle says about itself (schema 2; file hashes are added when it is committed)."""
     batch = project.inputs[0].shape[0]
     dtypes = artifact_dtypes(project, validation)
@@ -54,6 +56,7 @@ def compose_manifest(profile: Any, project: Any, plan: Any, model_path: Path, ou
             "file": model_path.name, "format": plan.format, "backend": plan.backend,
             "runtime": plan.runtime, "runtime_target": plan.runtime_target, "precision": plan.precision,
             "bytes": model_path.stat().st_size, "export_details": result.details,
+            "compressed_bytes": compressed_bytes(model_path),  # deflated, as a zip or an APK stores it
         },
         "methods": [forward.to_dict()],
         "eval": {"file": "eval.npz", "n_samples": len(reference[0]),
@@ -62,6 +65,7 @@ def compose_manifest(profile: Any, project: Any, plan: Any, model_path: Path, ou
         "readme": "README.md",
         "runner": {"package": "edgekit_runner", "command": "python -m edgekit_runner ."},
         "distill": distilled,
+        "prune": pruned,
         "validation": validation.to_dict(),
         "baseline": None if baseline is None else {
             "precision": "fp32", "bytes": baseline[0].model_path.stat().st_size,

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import click
 
 from edgekit import __version__
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, PlanError
 
 
 @dataclass
@@ -211,6 +211,16 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
               help="When the project declares a [teacher]: train a student from it with the [distill] "
                    "settings and ship it if it is significantly better than the [model] on the calib split "
                    "(with --quant int8-qat, QAT also learns from the teacher).")
+@click.option("--prune", "prune", multiple=True, metavar="KIND:RATIO",
+              help="Prune before quantizing: structured:RATIO (whole channels, RATIO of the parameters removed: "
+                   "smaller and faster everywhere), unstructured:RATIO (that fraction of each layer's weights zeroed: "
+                   "smaller compressed, not faster) or 2:4; then KD from the unpruned model recovers it. With "
+                   "--search, each --prune is a search dimension beside no pruning.")
+@click.option("--prune-epochs", type=click.IntRange(min=0), default=20, show_default=True,
+              help="--prune: KD recovery epochs (0: none).")
+@click.option("--prune-importance", type=click.Choice(["magnitude", "taylor"]), default="magnitude",
+              show_default=True, help="--prune structured: how channels are ranked (weight L2, or |weight x gradient| "
+                                      "on train data).")
 @click.option("--budget", "budget", multiple=True, metavar="KEY=VALUE",
               help="Override one of the profile's budgets for this build (repeatable): model_mb, peak_memory_mb, "
                    "latency_p90_ms, accuracy_drop (points), decode_tokens_per_s, time_to_first_token_ms.")
@@ -238,7 +248,8 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None, backend: str | None,
           quant: str, calib_samples: int, qat_epochs: int, group_size: int, keep_float: tuple[str, ...],
-          max_accuracy_drop: float | None, distill: bool, budget: tuple[str, ...], fail_on_budget: bool,
+          max_accuracy_drop: float | None, distill: bool, prune: tuple[str, ...], prune_epochs: int,
+          prune_importance: str, budget: tuple[str, ...], fail_on_budget: bool,
           validate_on: str, do_search: bool, max_trials: int, target: str, objective: str, out: Path | None, force: bool,
           dry_run: bool, as_json: bool) -> None:
     """Export, validate and bundle the project's model for DEVICE, and check the measured numbers against the
@@ -250,11 +261,17 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
     request = plan_build(device, project, quant=quant, format=fmt, backend=backend, distill=distill, out=out,
                          profiles_dirs=ctx.obj.profiles_dirs, calib_samples=calib_samples, qat_epochs=qat_epochs,
                          group_size=group_size, keep_float=keep_float, max_accuracy_drop=max_accuracy_drop,
-                         budget=parse_overrides(budget), validate_on=validate_on)
+                         budget=parse_overrides(budget), validate_on=validate_on,
+                         prune=prune[0] if len(prune) == 1 and not do_search else None, prune_epochs=prune_epochs,
+                         prune_importance=prune_importance)
     profile, spec, plan, out = request.profile, request.project, request.plan, request.out
     if do_search:
-        _search(ctx, request, fmt, quant, max_trials, target, objective, force, fail_on_budget, dry_run)
+        _search(ctx, request, fmt, quant, max_trials, target, objective, force, fail_on_budget, dry_run, prune,
+                {"prune_epochs": prune_epochs, "prune_importance": prune_importance} if prune else {})
         return
+    if len(prune) > 1:
+        raise PlanError(f"give --prune once for a build (got {', '.join(prune)}); several are search dimensions "
+                        "with --search")
     if dry_run:
         _print_plan(_console(), plan, spec, out)
         return
@@ -295,7 +312,8 @@ def build(ctx: click.Context, device: str, project: Path | None, fmt: str | None
 
 
 def _search(ctx: click.Context, request: Any, fmt: str | None, quant: str, max_trials: int, target: str,
-            objective: str, force: bool, fail_on_budget: bool, dry_run: bool) -> None:
+            objective: str, force: bool, fail_on_budget: bool, dry_run: bool, prune: tuple[str, ...] = (),
+            plan_options: dict[str, Any] | None = None) -> None:
     """``build --search``: edgekit.search, with progress lines and the pick's summary."""
     from edgekit.budgets import BudgetMissed, EXIT_CODE
     from edgekit.bundle import check_destination
@@ -304,7 +322,8 @@ def _search(ctx: click.Context, request: Any, fmt: str | None, quant: str, max_t
     profile, spec, out = request.profile, request.project, request.out
     con = _console()
     if dry_run:
-        for r in candidates(profile, spec, target == "local", fmt, quant, distill=request.plan.distill):
+        for r in candidates(profile, spec, target == "local", fmt, quant, plan_options, distill=request.plan.distill,
+                            prune=prune):
             con.print(f"  {_e(r.describe())}")
         return
     if out.exists() and not force:
@@ -313,7 +332,7 @@ def _search(ctx: click.Context, request: Any, fmt: str | None, quant: str, max_t
         con = _console(file=terminal[0] if terminal else None)
         result = search(profile, spec, out, max_trials=max_trials, target=target, objective=objective,
                         budget=dict(request.plan.budgets), fmt=fmt, quant=quant, say=lambda msg: con.print(_e(msg)),
-                        distill=request.plan.distill)
+                        distill=request.plan.distill, prune=prune, plan_options=plan_options)
     con = _console()
     if result.report is not None:
         con.print(f"report: {_e(result.report)} (every trial)")
@@ -405,6 +424,16 @@ def _print_summary(con: Any, result: Any, profile: Any, seconds: float) -> None:
     if d and (s := d.get("selection")):
         which = "the distilled student" if s["shipped"] == "distilled" else "the model entry, not the distilled student"
         con.print(f"  ships {which}: {_e(s['reason'])}")
+    if p := result.manifest.get("prune"):
+        rec = p["recovery"]
+        lm = "perplexity_dense" in p
+        fmt = (lambda x: f"{x:.2f}") if lm else (lambda x: f"{x:.2%}")
+        key = "perplexity" if lm else "accuracy"
+        con.print(f"  pruned {p['label']}: {p['parameters_after']:,} parameters ({p['nonzero_after']:,} non-zero) of "
+                  f"{p['parameters_before']:,}; eval {key} {fmt(p[key + '_dense'])} unpruned -> "
+                  f"{fmt(p[key + '_pruned'])} pruned -> {fmt(p[key + '_after'])} "
+                  + (f"after {rec['epochs']} epochs of KD from the unpruned model (best epoch {rec['best_epoch']})"
+                     if rec else "(no recovery)") + f"; compressed {m['compressed_bytes'] / 1024:.1f} KiB")
     columns = [("fp32", result.baseline, result.manifest["baseline"]["bytes"])] if result.baseline else []
     columns.append((m["precision"], v, m["bytes"]))
     table = Table("", *[c[0] for c in columns], "PyTorch fp32")

@@ -1,4 +1,4 @@
-"""The build: load [-> distill] -> export -> validate [-> analyze] [-> quantize | qat -> validate] -> bundle.
+"""The build: load [-> distill] [-> prune] -> export -> validate [-> analyze] [-> quantize | qat -> validate] -> bundle.
 
 The plan's ``stages`` is the list that runs: each stage is a plain function of a :class:`Build` record
 (:data:`STAGES`), reading the typed artifacts earlier stages left there and adding its own.
@@ -86,6 +86,7 @@ class Build:
     reference: list[np.ndarray] = field(default_factory=list)  # its outputs on the eval split
     teacher: Any = None
     distilled: dict[str, Any] | None = None  # the manifest's record of the distill stage
+    pruned: dict[str, Any] | None = None  # the manifest's record of the prune stage
     scheme: Any = None  # the quantization scheme, as the analyze stage settles it
     fine_tune: Any = None  # QAT's training loop, for the quantize stage
     fp32: ExportResult | None = None
@@ -152,6 +153,19 @@ def distill_stage(b: Build) -> None:
                                                         lambda msg: b.say("distill", msg))
     if choose_shipped(b, student):
         b.reference = reference_outputs(b.model, b.splits, b.project)
+
+
+def prune_stage(b: Build) -> None:
+    """--prune: the model pruned (edgekit.prune), recovered by KD from its unpruned self, masks made permanent."""
+    from edgekit.prune import PruneSpec, prune_for_build
+
+    spec = PruneSpec(**{k: v for k, v in b.plan.prune.items() if k != "label"})
+    settings = b.project.distill
+    b.say("prune", spec.label)
+    b.model, b.pruned = prune_for_build(b.model, b.example, b.splits, spec,
+                                        settings.temperature if settings else 4.0, settings.alpha if settings else 0.9,
+                                        b.project.seed, lambda msg: b.say("prune", msg))
+    b.reference = reference_outputs(b.model, b.splits, b.project)
 
 
 def export_stage(b: Build) -> None:
@@ -332,13 +346,13 @@ def bundle_stage(b: Build) -> None:
     copy_runner(staging / "edgekit_runner")
     b.manifest = compose_manifest(b.profile, b.project, b.plan, staging / model_file, b.output_names, b.reference, arrays,
                            result, b.validation, None if b.quantized is None else (b.fp32, b.fp32_validation),
-                           b.warnings, b.distilled, tokenizer)
+                           b.warnings, b.distilled, tokenizer, b.pruned)
     if b.cpu_validation is not None:  # the shipped artifact on the CPU too (all eval samples)
         b.manifest["validation"]["cpu"] = b.cpu_validation.to_dict()
 
 
 STAGES: dict[str, Callable[[Build], None]] = {
-    "load": load_stage, "distill": distill_stage, "export": export_stage, "validate": validate_stage,
+    "load": load_stage, "distill": distill_stage, "prune": prune_stage, "export": export_stage, "validate": validate_stage,
     "analyze": analyze_stage, "quantize": quantize_stage, "qat": qat_stage, "compile": compile_stage,
     "bundle": bundle_stage, "arm64": arm64_stage,  # --validate-on emu (edgekit.emu)
 }

@@ -44,6 +44,7 @@ class Plan(BaseModel):
     atol: float | None
     max_accuracy_drop: float | None = None
     distill: bool = False  # the project has a [teacher] and --no-distill was not given
+    prune: dict | None = None  # --prune: edgekit.prune.PruneSpec as a dict
     budgets: dict[str, float] = {}  # the limits the build is checked against (edgekit.budgets): profile + --budget
     task: str = "classification"
     notes: tuple[str, ...] = ()  # what the planner chose on the user's behalf, and why
@@ -79,6 +80,9 @@ class Plan(BaseModel):
                        "(pip install 'edgekit[qnn]')"),) if self.qnn else ()),
             ("distillation", "teacher -> student with the project's [distill] settings, shipped if better on calib"
              if self.distill else "none"),
+            *((("pruning", f"{self.prune['label']} ({self.prune['importance']} importance), then "
+                + (f"{self.prune['epochs']} epochs of KD from the unpruned model" if self.prune["epochs"]
+                   else "no recovery")),) if self.prune else ()),
             ("budgets", self.describe_budgets()),
             ("stages", " -> ".join(self.stages)),
             *(("note", note) for note in self.notes),
@@ -132,7 +136,8 @@ def plan_stages(profile: DeviceProfile, fmt: str | None = None, backend: str | N
                 quant: str = "none", calib_samples: int = 128, qat_epochs: int = 3, group_size: int = 32,
                 keep_float: tuple[str, ...] = (), max_accuracy_drop: float | None = None,
                 distill: bool = False, task: str = "classification", language_model: object = None,
-                budget: dict[str, float] | None = None) -> Plan:
+                budget: dict[str, float] | None = None, prune: str | None = None, prune_epochs: int = 20,
+                prune_importance: str = "magnitude") -> Plan:
     """Pick format/backend (profile default unless overridden) and check it can be built.
 
     ``keep_float`` (mixed only) names the layers to keep in float instead of searching for them;
@@ -140,7 +145,8 @@ def plan_stages(profile: DeviceProfile, fmt: str | None = None, backend: str | N
     any of the profile's budgets (keys of :data:`edgekit.budgets.KEYS`, as ``--budget KEY=VALUE``), and the
     plan's ``budgets`` are the limits the build is checked against. ``task``: what needs labels (QAT, mixed
     precision's sensitivity, the KD stage) is offered to classifiers only. ``language_model``: the project's
-    ``[language_model]`` settings (its ``quantize`` table), for that task."""
+    ``[language_model]`` settings (its ``quantize`` table), for that task. ``prune``: ``--prune KIND:RATIO``
+    (:mod:`edgekit.prune`), recovered by ``prune_epochs`` of KD from the unpruned model."""
     from edgekit.budgets import resolve
 
     if max_accuracy_drop is not None and budget and "accuracy_drop" in budget:
@@ -153,7 +159,32 @@ def plan_stages(profile: DeviceProfile, fmt: str | None = None, backend: str | N
     else:
         plan = _plan(profile, fmt, backend, quant, calib_samples, qat_epochs, group_size, keep_float,
                      limits["accuracy_drop"], distill, task)
+    if prune is not None:
+        plan = _with_pruning(plan, prune, prune_epochs, prune_importance)
     return plan.model_copy(update={"budgets": limits})
+
+
+def _with_pruning(plan: Plan, prune: str, epochs: int, importance: str) -> Plan:
+    """The plan with a ``prune`` stage after distillation (before anything is exported)."""
+    from edgekit.prune import IMPORTANCE, PruneSpec
+
+    if importance not in IMPORTANCE:
+        raise PlanError(f"--prune-importance must be one of {', '.join(IMPORTANCE)}, not {importance!r}")
+    if epochs < 0:
+        raise PlanError(f"--prune-epochs must be >= 0, not {epochs}")
+    spec = PruneSpec.parse(prune, epochs=epochs, importance=importance)
+    if plan.task == "language-model" and spec.kind != "structured":
+        raise PlanError(f"--prune {spec.label}: a language model is pruned structured:RATIO (MLP neurons and attention "
+                        "heads); unstructured and 2:4 zeros make no decoder faster on these runtimes")
+    if plan.task not in ("classification", "language-model"):
+        raise PlanError(f"--prune is built for classifiers and language models (recovered with the KD loss); this is "
+                        f"a {plan.task} project")
+    if spec.kind != "structured" and plan.quant == "int8-qat":
+        raise PlanError(f"--prune {spec.label} with --quant int8-qat: QAT retrains every weight and would fill the "
+                        "zeros back in; use --quant int8 (post-training) or structured pruning")
+    stages = list(plan.stages)
+    stages.insert(stages.index("export"), "prune")
+    return plan.model_copy(update={"prune": spec.model_dump() | {"label": spec.label}, "stages": tuple(stages)})
 
 
 def _plan(profile: DeviceProfile, fmt: str | None, backend: str | None, quant: str, calib_samples: int,

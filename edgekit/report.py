@@ -149,6 +149,14 @@ def from_bundle(path: Path) -> tuple[list[Variant], list[dict[str, Any]], dict[s
                  Variant("distilled student", source, "pytorch", "fp32", parameters=d.get("student_parameters"),
                          metric=metric, value=d.get(student), where=PYTORCH_WHERE,
                          note="ships" if shipped == "distilled" else "not shipped")]
+    if (p := manifest.get("prune")) and task in ("classification", "language-model"):
+        key = "perplexity" if task == "language-model" else "accuracy"
+        fmt = (lambda x: f"{x:.2f}") if key == "perplexity" else (lambda x: f"{x:.2%}")
+        rows += [Variant(f"pruned {p['label']}" + (", KD-recovered" if p.get("recovery") else ""), source,
+                         "pytorch", "fp32", parameters=p["parameters_after"], metric=key,
+                         value=p[f"{key}_after"], where=PYTORCH_WHERE,
+                         note=f"{p['nonzero_after']:,} non-zero of {p['parameters_before']:,} before pruning; "
+                              f"{fmt(p[f'{key}_dense'])} unpruned, {fmt(p[f'{key}_pruned'])} before recovery")]
     model, validation = manifest["model"], manifest.get("validation") or {}
     artifacts = []
     if manifest.get("baseline"):

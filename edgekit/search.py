@@ -52,10 +52,14 @@ class Recipe:
     per_channel: bool = True
     distill: bool = False
     qat_epochs: int = 2
+    prune: str | None = None  # --prune KIND:RATIO (edgekit.prune)
 
     @property
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        if d["prune"] is None:  # the key of an unpruned recipe is what it was before pruning was a dimension
+            del d["prune"]
+        return json.dumps(d, sort_keys=True)
 
     def describe(self) -> str:
         scheme = {"none": "fp32"}.get(self.quant, self.quant)
@@ -63,7 +67,8 @@ class Recipe:
             scheme += f" ({self.calib_samples} calib, {'per-channel' if self.per_channel else 'per-tensor'})"
         elif self.quant == "int8-qat":
             scheme += f" ({self.qat_epochs} epochs)"
-        return f"{self.format}/{self.backend} {scheme}" + (" + KD" if self.distill else "")
+        return (f"{self.format}/{self.backend} {scheme}" + (" + KD" if self.distill else "")
+                + (f" + pruned {self.prune}" if self.prune else ""))
 
 
 @dataclass
@@ -110,12 +115,20 @@ class SearchResult:
 
 
 def candidates(profile: Any, project: Any, on_host: bool, fmt: str | None = None, quant: str = "auto",
-               plan_options: dict[str, Any] | None = None, distill: bool = True) -> list[Recipe]:
-    """Every recipe the profile allows and the planner accepts for this project, the profile's default first."""
+               plan_options: dict[str, Any] | None = None, distill: bool = True,
+               prune: tuple[str, ...] = ()) -> list[Recipe]:
+    """Every recipe the profile allows and the planner accepts for this project, the profile's default first;
+    ``prune``: the --prune settings offered beside no pruning (each is another candidate of every recipe)."""
     from edgekit.export import EXPORTERS
     from edgekit.plan import make_plan, valid_paths
 
     task = project.task.kind
+    if prune:  # a bad --prune is refused here, not silently left out of every recipe
+        from edgekit.plan import _with_pruning
+
+        for p in prune:
+            _with_pruning(make_plan(profile, task=task, language_model=project.language_model), p,
+                          **{k[len("prune_"):]: v for k, v in (plan_options or {}).items() if k.startswith("prune_")})
     teacher = (False, True) if project.teacher is not None and distill else (False,)
     recipes: list[Recipe] = []
     paths = [(f, b) for f, b, _ in valid_paths(profile)
@@ -133,14 +146,15 @@ def candidates(profile: Any, project: Any, on_host: bool, fmt: str | None = None
             if quant != "auto" and r.quant != quant:
                 continue
             for kd in teacher:
-                recipe = Recipe(**{**asdict(r), "distill": kd})
-                try:
-                    make_plan(profile, f, b, quant=recipe.quant, calib_samples=recipe.calib_samples,
-                              qat_epochs=recipe.qat_epochs, distill=kd, task=task,
-                              language_model=project.language_model, **(plan_options or {}))
-                except PlanError:
-                    continue
-                recipes.append(recipe)
+                for pr in (None, *prune):
+                    recipe = Recipe(**{**asdict(r), "distill": kd, "prune": pr})
+                    try:
+                        make_plan(profile, f, b, quant=recipe.quant, calib_samples=recipe.calib_samples,
+                                  qat_epochs=recipe.qat_epochs, distill=kd, task=task,
+                                  language_model=project.language_model, prune=pr, **(plan_options or {}))
+                    except PlanError:
+                        continue
+                    recipes.append(recipe)
     return recipes
 
 
@@ -175,7 +189,7 @@ def _directions(task: str) -> list[str]:
 def search(profile: Any, project: Any, out: Path, *, max_trials: int = 12, target: str = "local",
            objective: str = "latency", budget: dict[str, float] | None = None, fmt: str | None = None,
            quant: str = "auto", say: Callable[[str], None] = print, plan_options: dict[str, Any] | None = None,
-           seed: int = 0, distill: bool = True) -> SearchResult:
+           seed: int = 0, distill: bool = True, prune: tuple[str, ...] = ()) -> SearchResult:
     """Run (or resume) the search for ``project`` on ``profile``; the picked bundle is written to ``out``."""
     import logging
 
@@ -191,7 +205,7 @@ def search(profile: Any, project: Any, out: Path, *, max_trials: int = 12, targe
     optuna.logging.set_verbosity(logging.WARNING)
     tgt = parse_target(target, python=sys.executable if target == "local" else None)
     limits = {**resolve(profile), **(budget or {})}
-    recipes = candidates(profile, project, tgt.kind == "local", fmt, quant, plan_options, distill)
+    recipes = candidates(profile, project, tgt.kind == "local", fmt, quant, plan_options, distill, prune)
     if not recipes:
         raise PlanError(f"no recipe of {profile.id} can be built and measured on {target} for this project")
     folder = Path(str(Path(out).absolute()) + ".search")
@@ -224,7 +238,8 @@ def search(profile: Any, project: Any, out: Path, *, max_trials: int = 12, targe
                 found[trial.hash] = trial
         return found
 
-    first = {r.format: r for r in reversed(recipes) if not r.distill and r.quant in ("none", profile.default.quant)}
+    first = {r.format: r for r in reversed(recipes)
+             if not r.distill and not r.prune and r.quant in ("none", profile.default.quant)}
     seeds = [recipes[0], *(r for r in first.values() if r != recipes[0])]
     queued = {t.params.get("recipe") for t in study.get_trials(deepcopy=False)}
     for r in seeds:
@@ -342,7 +357,8 @@ def _measure(profile: Any, project: Any, recipe: Recipe, folder: Path, target: A
     if problems:
         plan = make_plan(profile, recipe.format, recipe.backend, quant=recipe.quant,
                          calib_samples=recipe.calib_samples, qat_epochs=recipe.qat_epochs, distill=recipe.distill,
-                         task=project.task.kind, language_model=project.language_model, **(plan_options or {}))
+                         task=project.task.kind, language_model=project.language_model, prune=recipe.prune,
+                         **(plan_options or {}))
         if plan.quant_scheme and "per_channel" in plan.quant_scheme:
             plan = plan.model_copy(update={"quant_scheme": {**plan.quant_scheme, "per_channel": recipe.per_channel}})
         if bundle.exists():

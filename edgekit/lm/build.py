@@ -111,6 +111,21 @@ def distill_stage(b: Any) -> None:
         set_reference(b, "distill")
 
 
+def prune_stage(b: Any) -> None:
+    """--prune structured:R: MLP neurons and query heads removed (:mod:`edgekit.lm.prune`), recovered with
+    token-level KD from the unpruned decoder; the reference is then the pruned decoder's."""
+    from edgekit.lm.prune import prune_for_build
+    from edgekit.prune import PruneSpec
+
+    spec = PruneSpec(**{k: v for k, v in b.plan.prune.items() if k != "label"})
+    d = b.project.distill
+    b.say("prune", spec.label)
+    windows = {name: b.splits[name].x for name in ("train", "calib", "eval")}
+    b.model, b.pruned = prune_for_build(b.model, windows, spec, d.temperature if d else 2.0, d.alpha if d else 0.5,
+                                        d.batch_size if d else 16, b.project.seed, lambda msg: b.say("prune", msg))
+    set_reference(b, "prune")
+
+
 def reference_greedy(model: Any, prompt: list[int], n: int) -> list[int]:
     """PyTorch's greedy continuation (the full causal forward each step: no cache involved)."""
     import torch
@@ -231,7 +246,7 @@ def bundle_stage(b: Any) -> None:
     manifest = compose_manifest(b.profile, b.project, b.plan, staging / model_file, ["logits"],
                                   [np.zeros((1, 1, c.vocab_size), np.float32)], arrays, b.result, b.validation,
                                   None if b.quantized is None else (b.fp32, b.fp32_validation),
-                                  b.warnings, b.distilled, None)
+                                  b.warnings, b.distilled, None, b.pruned)
     manifest["methods"] = [method.to_dict()]
     manifest["eval"] = {"file": "eval.npz", "n_samples": len(lm["windows"]),
                         "arrays": {k: list(a.shape) for k, a in arrays.items()}}
@@ -245,5 +260,5 @@ def bundle_stage(b: Any) -> None:
     b.manifest = manifest
 
 
-STAGES = {"load": load_stage, "distill": distill_stage, "export": export_stage, "validate": validate_stage,
+STAGES = {"load": load_stage, "distill": distill_stage, "prune": prune_stage, "export": export_stage, "validate": validate_stage,
           "quantize": quantize_stage, "bundle": bundle_stage, "arm64": arm64_stage}

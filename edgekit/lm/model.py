@@ -41,16 +41,17 @@ class DecoderConfig:
     tie_word_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = 0
+    head_dim: int | None = None  # None: hidden_size / heads; set when heads were pruned (edgekit.lm.prune)
 
     def __post_init__(self) -> None:
         h, kv = self.num_attention_heads, self.num_key_value_heads
-        if self.hidden_size % h or h % kv or (self.hidden_size // h) % 2:
-            raise ValueError(f"hidden_size {self.hidden_size} must split into {h} heads of even size, and the "
-                             f"heads into {kv} key/value groups")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        if self.head_dim is None:
+            if self.hidden_size % h:
+                raise ValueError(f"hidden_size {self.hidden_size} must split into {h} heads")
+            object.__setattr__(self, "head_dim", self.hidden_size // h)
+        if h % kv or self.head_dim % 2:
+            raise ValueError(f"{h} heads of size {self.head_dim} must be of even size and split into {kv} key/value "
+                             "groups")
 
     @property
     def eos_ids(self) -> list[int]:
@@ -58,7 +59,10 @@ class DecoderConfig:
         return [] if e is None else [e] if isinstance(e, int) else list(e)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["head_dim"] * self.num_attention_heads == self.hidden_size:  # implied: left out, as Llama configs do
+            del d["head_dim"]
+        return d
 
     def to_hf(self) -> dict:
         """``config.json`` for transformers' ``LlamaForCausalLM``."""
@@ -85,15 +89,14 @@ class DecoderConfig:
         if config.get("hidden_act", "silu") != "silu":
             raise ProjectError(f"{where}: hidden_act = {config['hidden_act']!r} is not supported (edgekit's Llama "
                               "uses silu)")
-        head_dim = config.get("head_dim")
-        if head_dim is not None and head_dim * config["num_attention_heads"] != config["hidden_size"]:
-            raise ProjectError(f"{where}: head_dim {head_dim} x {config['num_attention_heads']} heads is not "
-                              f"hidden_size {config['hidden_size']}; edgekit needs them equal")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in config.items() if k in known}
         values.setdefault("num_key_value_heads", config["num_attention_heads"])
         values.setdefault("tie_word_embeddings", False)  # transformers' default for Llama
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as e:
+            raise ProjectError(f"{where}: {e}") from None
 
 
 def rope_tables(c: DecoderConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +154,7 @@ class Attention(nn.Module):
         q = apply_rope(self.q_proj(x).view(b, s, c.num_attention_heads, c.head_dim), cos, sin)
         k = apply_rope(self.k_proj(x).view(b, s, c.num_key_value_heads, c.head_dim), cos, sin)
         v = self.v_proj(x).view(b, s, c.num_key_value_heads, c.head_dim)
-        return self.o_proj(attend(layer, q, k, v).reshape(b, s, c.hidden_size))
+        return self.o_proj(attend(layer, q, k, v).reshape(b, s, c.num_attention_heads * c.head_dim))
 
 
 class MLP(nn.Module):

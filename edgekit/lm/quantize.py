@@ -37,7 +37,8 @@ def _fail(what: str, e: Exception) -> ExportError:
 def check_groups(decoder: Decoder, scheme: Any) -> None:
     c = decoder.config
     if scheme.bits == 4:
-        bad = sorted({n for n in (c.hidden_size, c.intermediate_size) if n % scheme.group_size})
+        bad = sorted({n for n in (c.hidden_size, c.intermediate_size, c.num_attention_heads * c.head_dim)
+                      if n % scheme.group_size})
         if bad:
             raise ExportError(f"--group-size {scheme.group_size} does not divide the linear layers' inputs "
                                     f"({', '.join(map(str, bad))}); pick one that does, e.g. 32")

@@ -26,7 +26,7 @@ def _hf(**changes) -> dict:
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_scaling"),
     ({"attention_bias": True}, "attention_bias = True is not supported"),
     ({"hidden_act": "gelu"}, "hidden_act = 'gelu' is not supported"),
-    ({"head_dim": 16}, "head_dim 16 x 4 heads is not hidden_size 32"),
+    ({"head_dim": 5}, "heads of size 5 must be of even size"),
 ])
 def test_configs_that_are_not_plain_llama_are_refused_by_name(changes, message):
     with pytest.raises(ProjectError, match=message):

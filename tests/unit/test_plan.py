@@ -67,9 +67,11 @@ def test_every_stage_a_plan_lists_is_a_stage_the_pipeline_runs():
     seen = set()
     for profile_id in ProfileRegistry().names():
         for quant in QUANT_CHOICES:
-            for distill, validate_on in ((False, "host"), (True, "host"), (False, "emu")):
+            for distill, validate_on, prune in ((False, "host", None), (True, "host", None), (False, "emu", None),
+                                                (True, "host", "structured:0.5")):
                 try:
-                    plan = make_plan(load_profile(profile_id), quant=quant, distill=distill, validate_on=validate_on)
+                    plan = make_plan(load_profile(profile_id), quant=quant, distill=distill, validate_on=validate_on,
+                                     prune=prune)
                 except PlanError:
                     continue
                 assert set(plan.stages) <= set(STAGES), (profile_id, quant, plan.stages)
