@@ -164,8 +164,33 @@ def prune_stage(b: Build) -> None:
     b.say("prune", spec.label)
     b.model, b.pruned = prune_for_build(b.model, b.example, b.splits, spec,
                                         settings.temperature if settings else 4.0, settings.alpha if settings else 0.9,
-                                        b.project.seed, lambda msg: b.say("prune", msg))
+                                        b.project.seed, lambda msg: b.say("prune", msg),
+                                        _latency_probe(b) if spec.target == "latency" else None)
     b.reference = reference_outputs(b.model, b.splits, b.project)
+
+
+def _latency_probe(b: Build) -> Callable[[Any], float]:
+    """``structured:latency=R``: a network's median latency (ms, batch 1) as an fp32 export of the plan's format, in
+    its runtime on this host (one thread, about half a second of runs)."""
+    from edgekit_runner import evaluate, runtimes
+
+    count = [0]
+
+    def latency(model: Any) -> float:
+        count[0] += 1
+        b.say("prune", f"latency of candidate {count[0]} in {b.plan.runtime}")
+        fmt = EXPORTERS[b.plan.format]
+        result = fmt.export(model, b.example, b.plan.backend, subdir(b.work, f"prune-latency-{count[0]}"),
+                            input_names=b.input_names, output_names=b.output_names)
+        loaded = runtimes.load(result.model_path, b.plan.runtime, threads=1)
+        sample = [a.numpy() for a in b.example]
+        probe = evaluate.time_model(loaded, sample, runs=5, warmup=3)["median"]
+        runs = max(20, min(2000, int(500 / max(probe, 1e-3))))
+        ms = evaluate.time_model(loaded, sample, runs=runs, warmup=5)["median"]
+        shutil.rmtree(result.model_path.parent, ignore_errors=True)
+        return ms
+
+    return latency
 
 
 def export_stage(b: Build) -> None:

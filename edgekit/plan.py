@@ -173,9 +173,11 @@ def _with_pruning(plan: Plan, prune: str, epochs: int, importance: str) -> Plan:
     if epochs < 0:
         raise PlanError(f"--prune-epochs must be >= 0, not {epochs}")
     spec = PruneSpec.parse(prune, epochs=epochs, importance=importance)
-    if plan.task == "language-model" and spec.kind != "structured":
-        raise PlanError(f"--prune {spec.label}: a language model is pruned structured:RATIO (MLP neurons and attention "
-                        "heads); unstructured and 2:4 zeros make no decoder faster on these runtimes")
+    if spec.target == "latency" and (plan.task != "classification" or plan.backend == "qnn"
+                                     or not EXPORTERS[plan.format].backends[plan.backend].runs_on_host):
+        raise PlanError(f"--prune {spec.label} measures the latency of each candidate in the build's runtime on this "
+                        f"host, which {plan.format}/{plan.backend} for a {plan.task} project does not allow; give a "
+                        "ratio of parameters (structured:RATIO) or build a classifier for a path that runs here")
     if plan.task not in ("classification", "language-model"):
         raise PlanError(f"--prune is built for classifiers and language models (recovered with the KD loss); this is "
                         f"a {plan.task} project")

@@ -4,7 +4,8 @@ Three kinds, each with a different promise, measured in ``benchmarks/results/pru
 
 - ``structured:R`` removes whole channels / neurons (torch-pruning's dependency graph: residual additions, grouped
   and depthwise convolutions, batch norms and flattens are followed, so the network stays consistent) until a
-  fraction ``R`` of the model's parameters is gone. The network is physically smaller: every runtime runs it faster.
+  fraction ``R`` of the model's parameters is gone; ``structured:latency=R`` until the fp32 export's latency, measured
+  on this host in the build's runtime, is down by ``R`` (a bisection over the channel ratio, 8 measurements). The network is physically smaller: every runtime runs it faster.
   Importance by weight magnitude (L2 of each channel's group) or Taylor (|weight x gradient| on train batches).
   The layer that produces the model's output keeps its width (its channels are the classes).
 - ``unstructured:R`` zeroes the fraction ``R`` of each conv/linear layer's weights with the smallest magnitude
@@ -55,20 +56,28 @@ class PruneSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["structured", "unstructured", "2:4"]
-    ratio: float = Field(gt=0, lt=1, description="structured: parameters removed; unstructured: conv/linear weights "
-                                                 "zeroed; 2:4: 0.5 of the weights of the layers it applies to")
+    ratio: float = Field(gt=0, lt=1, description="structured: parameters (or latency) removed; unstructured: each "
+                                                 "conv/linear layer's weights zeroed; 2:4: 0.5 of the layers' weights")
+    target: Literal["parameters", "latency"] = Field(
+        default="parameters", description="structured: what the ratio is of (latency: measured on this host, fp32, "
+                                          "in the build's runtime)")
     importance: Literal["magnitude", "taylor"] = "magnitude"
     epochs: int = Field(default=20, ge=0, description="KD recovery epochs (0: none)")
     lr: float = Field(default=3e-3, gt=0, description="the distill trainer's default for classifiers")
 
     @classmethod
     def parse(cls, text: str, **settings: Any) -> PruneSpec:
-        """``structured:0.5``, ``unstructured:0.8`` or ``2:4``; a bad one is a PlanError naming the forms."""
-        forms = "structured:RATIO, unstructured:RATIO or 2:4 (RATIO strictly between 0 and 1, e.g. structured:0.5)"
+        """``structured:0.5``, ``structured:latency=0.3``, ``unstructured:0.8`` or ``2:4``; a bad one is a PlanError
+        naming the forms."""
+        forms = ("structured:RATIO, structured:latency=RATIO, unstructured:RATIO or 2:4 (RATIO strictly between 0 "
+                 "and 1, e.g. structured:0.5)")
         text = text.strip()
         if text == "2:4":
             return cls(kind="2:4", ratio=0.5, **settings)
         kind, _, value = text.partition(":")
+        if kind == "structured" and value.startswith("latency="):
+            settings = {**settings, "target": "latency"}
+            value = value[len("latency="):]
         if kind not in ("structured", "unstructured") or not value:
             raise PlanError(f"--prune {text!r}: give {forms}")
         try:
@@ -82,7 +91,9 @@ class PruneSpec(BaseModel):
 
     @property
     def label(self) -> str:
-        return "2:4" if self.kind == "2:4" else f"{self.kind}:{self.ratio:g}"
+        if self.kind == "2:4":
+            return "2:4"
+        return f"{self.kind}:{'latency=' if self.target == 'latency' else ''}{self.ratio:g}"
 
 
 def compressed_bytes(path: Path) -> int:
@@ -107,9 +118,12 @@ def nonzero_count(model: Any) -> int:
 
 
 def _effective_tensors(model: Any) -> list[tuple[str, Any]]:
-    out = []
+    out, seen = [], set()
     for mname, m in model.named_modules():
         for pname, p in m.named_parameters(recurse=False):
+            if id(p) in seen:  # a tied weight (an LM's embedding and output layer) counts once
+                continue
+            seen.add(id(p))
             if pname.endswith("_orig"):  # torch.nn.utils.prune: the masked weight is the attribute
                 pname = pname[: -len("_orig")]
                 p = getattr(m, pname)
@@ -138,19 +152,20 @@ def _output_layer(model: Any, example: tuple[Any, ...]) -> Any:
     return order[-1] if order else None
 
 
-def prune(model: Any, example: tuple[Any, ...], spec: PruneSpec,
-          gradients: Callable[[Any], None] | None = None) -> tuple[Any, dict[str, Any]]:
+def prune(model: Any, example: tuple[Any, ...], spec: PruneSpec, gradients: Callable[[Any], None] | None = None,
+          latency: Callable[[Any], float] | None = None) -> tuple[Any, dict[str, Any]]:
     """A pruned copy of ``model`` (``model`` is left as it is) and the record of what was removed.
-    ``gradients(model)`` runs a backward pass on train data (Taylor importance needs it). Unstructured and 2:4
-    pruning leave ``torch.nn.utils.prune`` masks in place (for recovery); :func:`finalize` makes them permanent."""
+    ``gradients(model)`` runs a backward pass on train data (Taylor importance needs it); ``latency(model)``
+    measures a network's latency in ms (``structured:latency=R`` needs it). Unstructured and 2:4 pruning leave
+    ``torch.nn.utils.prune`` masks in place (for recovery); :func:`finalize` makes them permanent."""
     model = copy.deepcopy(model).eval()
     before = parameter_count(model)
     if spec.kind == "structured":
-        model, layers = _structured(model, example, spec, gradients)
+        model, layers = _structured(model, example, spec, gradients, latency)
     elif spec.kind == "unstructured":
-        layers = _unstructured(model, spec)
+        layers = zero_unstructured(model, spec)
     else:
-        layers = _two_four(model)
+        layers = zero_two_four(model)
     record = {**spec.model_dump(), "label": spec.label, "parameters_before": before,
               "parameters_after": parameter_count(model), "nonzero_after": nonzero_count(model), **layers}
     return model, record
@@ -198,15 +213,31 @@ def _narrowest(model: Any, example: tuple[Any, ...], output: Any) -> list[tuple[
     return out
 
 
-def _structured(model: Any, example: tuple[Any, ...], spec: PruneSpec,
-                gradients: Callable[[Any], None] | None) -> tuple[Any, dict[str, Any]]:
-    """Bisect the per-layer channel ratio until the parameters removed reach ``spec.ratio``."""
+def _structured(model: Any, example: tuple[Any, ...], spec: PruneSpec, gradients: Callable[[Any], None] | None,
+                latency: Callable[[Any], float] | None) -> tuple[Any, dict[str, Any]]:
+    """Bisect the per-layer channel ratio until the parameters (or the measured latency) removed reach
+    ``spec.ratio``."""
     output = _output_layer(model, example)
     _check_structured(model, output)
     layers = _narrowest(model, example, output)
     if not layers:
         raise PruneError("structured pruning found no layer to narrow (only the output layer has channels)")
-    total = parameter_count(model)
+    measured: dict[int, float] = {}
+    if spec.target == "latency":
+        if latency is None:
+            raise PruneError("structured:latency=RATIO needs a runtime to measure latency in")
+        total = measured[id(model)] = latency(model)
+        what = f"of the latency ({total:.3f} ms unpruned, measured)"
+
+        def removed(m: Any) -> float:
+            measured[id(m)] = latency(m)
+            return 1 - measured[id(m)] / total
+    else:
+        total = parameter_count(model)
+        what = "of the parameters"
+
+        def removed(m: Any) -> float:
+            return 1 - parameter_count(m) / total
     # torch-pruning keeps int(channels * (1 - ratio)) channels of each layer and silently skips a layer that would
     # keep none; the largest ratio that keeps a channel in every layer:
     name, narrow = min(layers, key=lambda nc: nc[1])
@@ -224,20 +255,23 @@ def _structured(model: Any, example: tuple[Any, ...], spec: PruneSpec,
         return m
 
     top = attempt(ceiling)
-    if 1 - parameter_count(top) / total < spec.ratio:
-        raise PruneError(f"structured pruning to remove {spec.ratio:.0%} of the parameters would remove every channel "
+    most = removed(top)
+    if most < spec.ratio:
+        raise PruneError(f"structured pruning to remove {spec.ratio:.0%} {what} would remove every channel "
                          f"of layer {name!r} ({narrow} channels): the most it can remove while every layer keeps a "
-                         f"channel is {1 - parameter_count(top) / total:.1%} (the output layer keeps its width)")
+                         f"channel is {most:.1%} (the output layer keeps its width)")
     lo, hi, best = 0.0, ceiling, top
-    for _ in range(14):
+    for _ in range(8 if spec.target == "latency" else 14):  # a measurement is noisy and slow: fewer, coarser steps
         mid = (lo + hi) / 2
         m = attempt(mid)
-        if 1 - parameter_count(m) / total >= spec.ratio:
+        if removed(m) >= spec.ratio:
             hi, best = mid, m
         else:
             lo = mid
     after = dict(_weighted_layers(best))
-    return best.eval(), {"channel_ratio": round(hi, 4),
+    extra = {"latency_ms_before": round(total, 4), "latency_ms_after": round(measured[id(best)], 4)} \
+        if spec.target == "latency" else {}
+    return best.eval(), {"channel_ratio": round(hi, 4), **extra,
                          "layers": {n: {"channels_before": int(m.weight.shape[0]),
                                         "channels_after": int(after[n].weight.shape[0])}
                                     for n, m in _weighted_layers(model)}}
@@ -245,7 +279,7 @@ def _structured(model: Any, example: tuple[Any, ...], spec: PruneSpec,
 
 # -- unstructured and 2:4 -----------------------------------------------------------------------------------------
 
-def _unstructured(model: Any, spec: PruneSpec) -> dict[str, Any]:
+def zero_unstructured(model: Any, spec: PruneSpec) -> dict[str, Any]:
     import torch
     from torch.nn.utils import prune as tprune
 
@@ -273,7 +307,7 @@ def two_four_mask(weight: Any) -> Any:
     return mask.movedim(-1, 1) if w.dim() > 2 else mask
 
 
-def _two_four(model: Any) -> dict[str, Any]:
+def zero_two_four(model: Any) -> dict[str, Any]:
     from torch.nn.utils import prune as tprune
 
     done, dense = [], []
@@ -302,8 +336,8 @@ def finalize(model: Any) -> Any:
 # -- the build's prune stage ---------------------------------------------------------------------------------------
 
 def prune_for_build(model: Any, example: tuple[Any, ...], splits: dict[str, Any], spec: PruneSpec,
-                    temperature: float, alpha: float, seed: int,
-                    say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+                    temperature: float, alpha: float, seed: int, say: Callable[[str], None],
+                    latency: Callable[[Any], float] | None = None) -> tuple[Any, dict[str, Any]]:
     """The build's prune stage for a classifier: prune ``model``, recover with ``spec.epochs`` of Hinton KD from
     ``model`` itself (the best epoch on calib), make the masks permanent. Returns the pruned network and the
     manifest's record (parameters, non-zero weights, eval accuracy dense / pruned / recovered)."""
@@ -323,7 +357,7 @@ def prune_for_build(model: Any, example: tuple[Any, ...], splits: dict[str, Any]
 
     dense = evaluate_classifier(model, xev, yev)["eval_accuracy"]
     say(f"{spec.label} ({spec.importance} importance)")
-    pruned, record = prune(model, example, spec, gradients)
+    pruned, record = prune(model, example, spec, gradients, latency)
     record["accuracy_dense"] = dense
     record["accuracy_pruned"] = evaluate_classifier(pruned, xev, yev)["eval_accuracy"]
     record["recovery"] = None

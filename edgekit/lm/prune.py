@@ -8,7 +8,11 @@ stays, and the key/value heads, hence the KV cache, are kept). Every layer keeps
 again a plain Llama configuration (``intermediate_size``, ``num_attention_heads``, an explicit ``head_dim``) that
 every exporter and transformers read. Importance: the L2 norm of each neuron's / head's weights (magnitude).
 
-This is hand-written rather than torch-pruning's dependency graph: the graph cannot see through the reshape of the
+``unstructured:R`` and ``2:4`` zero weights of the decoder layers' linear layers (not the embedding, which the
+output layer shares) with :mod:`edgekit.prune`'s masks, kept through recovery; the shapes stay, so only the
+deflated size can shrink.
+
+The structured part is hand-written rather than torch-pruning's dependency graph: the graph cannot see through the reshape of the
 projections into heads or the grouped-query repeat, and the layer widths must stay uniform to remain a Llama
 config. Recovery is token-level Hinton KD from the unpruned decoder (:func:`edgekit.lm.distill.train`).
 """
@@ -20,7 +24,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from edgekit.prune import PruneError, PruneSpec
+from edgekit.prune import PruneError, PruneSpec, finalize, nonzero_count
 
 
 ALIGN = 32  # the MLP keeps a multiple of this many neurons when it had one (int4 group size 32)
@@ -38,8 +42,7 @@ def prune_decoder(model: Any, spec: PruneSpec) -> tuple[Any, dict[str, Any]]:
     from edgekit.lm.model import Decoder
 
     if spec.kind != "structured":
-        raise PruneError(f"--prune {spec.label}: a language model is pruned structured:RATIO (MLP neurons and attention "
-                         "heads); unstructured and 2:4 zeros make no decoder faster on these runtimes")
+        return _zeros(model, spec)
     c = model.config
     group = c.num_attention_heads // c.num_key_value_heads
     align = ALIGN if c.intermediate_size % ALIGN == 0 else 1  # keep int4 groups (and kernel tiles) whole
@@ -85,6 +88,18 @@ def prune_decoder(model: Any, spec: PruneSpec) -> tuple[Any, dict[str, Any]]:
     return pruned, record
 
 
+def _zeros(model: Any, spec: PruneSpec) -> tuple[Any, dict[str, Any]]:
+    """Unstructured / 2:4 on the decoder layers' linear weights (the embedding, tied to the output layer, stays
+    dense); the masks stay in place for recovery until :func:`edgekit.prune.finalize`."""
+    from edgekit.prune import nonzero_count, parameter_count, zero_two_four, zero_unstructured
+
+    pruned = copy.deepcopy(model).eval()
+    layers = zero_unstructured(pruned.model.layers, spec) if spec.kind == "unstructured" else zero_two_four(pruned.model.layers)
+    return pruned, {**spec.model_dump(), "label": spec.label, "parameters_before": parameter_count(model),
+                    "parameters_after": parameter_count(pruned), "nonzero_after": nonzero_count(pruned),
+                    "layers_pruned": "decoder layers' linear weights (embedding and output layer dense)", **layers}
+
+
 def prune_for_build(model: Any, windows: dict[str, Any], spec: PruneSpec, temperature: float, alpha: float,
                     batch_size: int, seed: int, say: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
     """The language-model build's prune stage: prune, recover with ``spec.epochs`` of token-level KD from the
@@ -103,6 +118,8 @@ def prune_for_build(model: Any, windows: dict[str, Any], spec: PruneSpec, temper
         record["recovery"] = {"method": "hinton-kd", "teacher": "the unpruned model", "temperature": temperature,
                               "alpha": alpha, "epochs": spec.epochs, "lr": spec.lr, "best_epoch": rep["best_epoch"],
                               "best_epoch_chosen_on": "calib", "seconds": rep["seconds"]}
+    finalize(pruned)
+    record["nonzero_after"] = nonzero_count(pruned)
     record["perplexity_after"] = perplexity(pruned.eval(), windows["eval"])
     record["perplexity_measured_on"] = "eval"
     return pruned, record

@@ -54,7 +54,7 @@ def test_unstructured_zeros_reach_the_onnx_file_and_deflate(built):
 
 @pytest.mark.parametrize("args,says", [
     (["--prune", "structured:1.5"], "the ratio must be strictly between 0 and 1"),
-    (["--prune", "sparse:0.5"], "give structured:RATIO, unstructured:RATIO or 2:4"),
+    (["--prune", "sparse:0.5"], "give structured:RATIO, structured:latency=RATIO, unstructured:RATIO or 2:4"),
     (["--prune", "unstructured:0.5", "--quant", "int8-qat"], "QAT retrains every weight"),
     (["--prune", "structured:0.3", "--prune", "structured:0.5"], "give --prune once for a build"),
 ])
@@ -94,3 +94,51 @@ def test_search_offers_pruning_as_a_dimension(root):
     plain = [ln for ln in lines if "pruned" not in ln]
     assert plain and all(any(ln == f"{p} + pruned {k}" for ln in lines) for p in plain
                          for k in ("structured:0.5", "unstructured:0.5"))
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_a_language_model_pruned_structured_exports_with_its_kv_cache(fmt, tiny_lm_project, tmp_path):
+    """MLP neurons and query heads removed, recovered by token-level KD, exported with its KV cache: the export
+    still reproduces the pruned decoder's greedy continuation, and it is smaller."""
+    out = tmp_path / "b"
+    result = CliRunner().invoke(cli, ["build", "--device", "pixel8", "--format", fmt, "--project", str(tiny_lm_project),
+                                      "--prune", "structured:0.5", "--prune-epochs", "1", "--quant", "int4-weight-only",
+                                      "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "pruned structured:0.5" in result.output
+    manifest, problems = verify(out)
+    assert problems == []
+    p = manifest["prune"]
+    assert p["query_heads"] == {"before": 4, "after": 2} and p["mlp_neurons"] == {"before": 128, "after": 64}
+    assert p["key_value_heads"] == 2 and p["head_dim"] == 16
+    assert p["recovery"]["epochs"] == 1 and p["perplexity_after"] < p["perplexity_pruned"]
+    config = manifest["language_model"]["config"]
+    assert (config["num_attention_heads"], config["head_dim"], config["intermediate_size"]) == (2, 16, 64)
+    assert manifest["language_model"]["parameters"] == p["parameters_after"] < p["parameters_before"]
+    metrics = manifest["validation"]["metrics"]
+    assert manifest["validation"]["passed"] and metrics["greedy_agreement"] >= 0.9
+    # the reference is the pruned decoder's (on the bundle's eval windows), which int4 stays close to
+    assert metrics["perplexity"] == pytest.approx(manifest["language_model"]["reference_perplexity"], rel=0.1)
+    rows, _, _ = from_bundle(out)
+    assert any(r.name.startswith("pruned structured:0.5, KD-recovered") and r.metric == "perplexity" for r in rows)
+
+
+def test_a_language_model_pruned_unstructured_keeps_its_zeros_through_recovery(tiny_lm_project, tmp_path):
+    out = tmp_path / "b"
+    result = CliRunner().invoke(cli, ["build", "--device", "pixel8", "--format", "onnx", "--project",
+                                      str(tiny_lm_project), "--prune", "unstructured:0.5", "--prune-epochs", "1",
+                                      "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    manifest, _ = verify(out)
+    p = manifest["prune"]
+    assert p["parameters_after"] == p["parameters_before"] and p["recovery"]["epochs"] == 1
+    model = onnx.load(out / manifest["model"]["file"])
+    big = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if numpy_helper.to_array(t).ndim == 2}
+    layers = [a for n, a in big.items() if n.startswith("val_")]  # the decoder layers' linear weights, transposed
+    embedding = [a for n, a in big.items() if n.endswith("lm_head.weight")]
+    assert len(layers) == 2 * 7 and embedding  # q, k, v, o, gate, up, down per layer
+    for a in layers:
+        assert (a == 0).mean() == pytest.approx(0.5, abs=0.01)  # the masks held through the KD epoch
+    assert all((a == 0).mean() < 0.01 for a in embedding)
+    assert p["nonzero_after"] == pytest.approx(p["parameters_before"] - sum(a.size for a in layers) / 2, rel=0.01)
+    assert manifest["validation"]["passed"]

@@ -172,5 +172,43 @@ def test_a_decoder_loses_neurons_and_query_heads_and_stays_a_llama_transformers_
     hf = LlamaForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.allclose(hf(tokens).logits, pruned(tokens), atol=1e-4)
-    with pytest.raises(PruneError, match="a language model is pruned structured:RATIO"):
-        prune_decoder(model, PruneSpec.parse("unstructured:0.5"))
+    zeroed, rec = prune_decoder(model, PruneSpec.parse("2:4"))  # the decoder layers only; the embedding stays dense
+    finalize(zeroed)
+    assert (zeroed.model.layers[0].mlp.down_proj.weight == 0).float().mean().item() == 0.5
+    assert not (zeroed.model.embed_tokens.weight == 0).any()
+    assert nonzero_count(zeroed) == sum(p.numel() for p in model.parameters()) - sum(
+        m.weight.numel() // 2 for m in zeroed.model.layers.modules() if isinstance(m, nn.Linear))
+
+
+def test_structured_to_a_latency_target_bisects_on_the_measurement():
+    """The measurement is the caller's (the build exports and times each candidate); here a stand-in that is
+    proportional to the multiply-adds of the convolutions, so the bisection's answer can be checked."""
+    calls = []
+
+    def latency(m):
+        calls.append(1)
+        return float(sum(layer.weight.numel() for layer in m.modules() if isinstance(layer, nn.Conv2d)))
+
+    spec = PruneSpec.parse("structured:latency=0.4")
+    assert (spec.target, spec.ratio, spec.label) == ("latency", 0.4, "structured:latency=0.4")
+    pruned, rec = prune(net(), EXAMPLE, spec, latency=latency)
+    assert rec["latency_ms_after"] <= 0.6 * rec["latency_ms_before"]
+    assert rec["latency_ms_after"] == latency(pruned)
+    assert len(calls) == 1 + 1 + 8 + 1  # dense, the ceiling, 8 bisection steps (+ the check above)
+    with pytest.raises(PruneError, match="needs a runtime to measure latency"):
+        prune(net(), EXAMPLE, spec)
+
+
+def test_the_planner_refuses_what_pruning_cannot_do_here():
+    from edgekit.plan import make_plan
+    from edgekit.profiles import load_profile
+
+    with pytest.raises(PlanError, match="measures the latency of each candidate"):
+        make_plan(load_profile("iphone-15-pro"), prune="structured:latency=0.3")  # Core ML cannot run here
+    with pytest.raises(PlanError, match="QAT retrains every weight"):
+        make_plan(load_profile("pixel8"), quant="int8-qat", prune="2:4")
+    with pytest.raises(PlanError, match="for classifiers and language models"):
+        make_plan(load_profile("pixel8"), task="embedding", prune="structured:0.5")
+    plan = make_plan(load_profile("pixel8"), quant="int8", distill=True, prune="structured:0.5", prune_epochs=0)
+    assert plan.stages[:4] == ("load", "distill", "prune", "export")
+    assert plan.prune["epochs"] == 0 and dict(plan.describe())["pruning"].endswith("no recovery")
