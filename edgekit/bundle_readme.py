@@ -86,7 +86,7 @@ def render_language_model(manifest: dict[str, Any]) -> str:
         "", f"Validated in its runtime against PyTorch fp32: greedy continuation of the prompt {lm['prompt']!r} "
             f"the same as PyTorch's for the first {met.get('greedy_agreement', 0):.0%} of {lm['new_tokens']} tokens; "
             f"perplexity {met.get('perplexity', float('nan')):.3f} on {met.get('eval_tokens', '?')} eval tokens "
-            f"(PyTorch {lm['reference_perplexity']:.3f}).", *_lm_quantization(model),
+            f"(PyTorch {lm['reference_perplexity']:.3f}).", *_lm_quantization(model), *_pruning(manifest),
         "", "## Calling it", "", CACHE_CALLS[runtime], "",
         f"Tokens come from `{manifest['tokenizer']['file']}` (Hugging Face `tokenizers`); end-of-text ids: "
         f"{manifest['tokenizer'].get('eos_ids')}.", "",
@@ -106,6 +106,17 @@ def render_language_model(manifest: dict[str, Any]) -> str:
         "`edgekit.Bundle.open(\".\").generate(\"text\", max_new_tokens=32)`.", ""])
 
 
+def _pruning(manifest: dict[str, Any]) -> list[str]:
+    p = manifest.get("prune")
+    if not p:
+        return []
+    rec = p.get("recovery")
+    return ["", f"Pruned `{p['label']}` before export: {p['parameters_after']:,} parameters ({p['nonzero_after']:,} "
+                f"non-zero) of {p['parameters_before']:,}, "
+                + (f"recovered by {rec['epochs']} epochs of knowledge distillation from the unpruned model."
+                   if rec else "without recovery training.")]
+
+
 def render(manifest: dict[str, Any]) -> str:
     """The README text for a schema-2 manifest."""
     if "language_model" in manifest:
@@ -119,7 +130,7 @@ def render(manifest: dict[str, Any]) -> str:
              f"({task['metric']} {v['value']:.4g} on {v['n_samples']} held-out samples; the PyTorch model "
              f"{v['reference_value']:.4g}; validated "
              f"{'in its target runtime' if v['where'] == 'target-runtime' else 'on a host twin'}).",
-             "", "## Inputs and outputs (method `forward`)", "", "| | name | dtype | shape |", "|---|---|---|---|"]
+             *_pruning(manifest), "", "## Inputs and outputs (method `forward`)", "", "| | name | dtype | shape |", "|---|---|---|---|"]
     lines += [f"| input | `{t.name}` | {t.dtype} | {list(t.shape)} |" for t in method.inputs]
     lines += [f"| output | `{t.name}` | {t.dtype} | {list(t.shape)} |" for t in method.outputs]
     lines += ["", "## Preprocessing", ""]

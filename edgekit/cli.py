@@ -231,7 +231,8 @@ def profiles_show(ctx: click.Context, name: str, as_json: bool) -> None:
                    "--on emu:DEVICE`) before it is written, and record it as validation.arm64; a quantized "
                    "classifier that misses the accuracy budget there fails the build.")
 @click.option("--search", "do_search", is_flag=True,
-              help="Try the recipes the profile allows (formats x schemes, with and without KD), measure each on "
+              help="Try the recipes the profile allows (formats x schemes, with and without KD, and pruned by each "
+                   "--prune beside unpruned), measure each on "
                    "--on, keep the Pareto front and ship the best within budgets (study in <out>.search/, "
                    "resumable; report in <out>.search/report.html). --format / --quant narrow the space.")
 @click.option("--max-trials", type=click.IntRange(min=1), default=12, show_default=True,

@@ -160,8 +160,10 @@ def prune(model: Any, example: tuple[Any, ...], spec: PruneSpec, gradients: Call
     ``torch.nn.utils.prune`` masks in place (for recovery); :func:`finalize` makes them permanent."""
     model = copy.deepcopy(model).eval()
     before = parameter_count(model)
+    reference = _shapes(model, example)
     if spec.kind == "structured":
         model, layers = _structured(model, example, spec, gradients, latency)
+        _check_outputs(model, example, reference)
     elif spec.kind == "unstructured":
         layers = zero_unstructured(model, spec)
     else:
@@ -172,6 +174,22 @@ def prune(model: Any, example: tuple[Any, ...], spec: PruneSpec, gradients: Call
 
 
 # -- structured ---------------------------------------------------------------------------------------------------
+
+def _shapes(model: Any, example: tuple[Any, ...]) -> list[tuple[int, ...]]:
+    import torch
+
+    with torch.no_grad():
+        out = model(*example)
+    return [tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def _check_outputs(model: Any, example: tuple[Any, ...], reference: list[tuple[int, ...]]) -> None:
+    """Only the last conv/linear keeps its width: a model with another output head would change shape."""
+    got = _shapes(model, example)
+    if got != reference:
+        raise PruneError(f"structured pruning changed the model's output shapes from {reference} to {got}: a layer "
+                         "other than the last one produces an output, and it lost channels; prune unstructured, or "
+                         "give the model one output layer")
 
 # Layer types torch-pruning's dependency graph knows how to narrow (anything else holding parameters is refused)
 def _known_types() -> tuple[type, ...]:

@@ -3,7 +3,8 @@ where it will run, keep the Pareto front, and ship the best one within the budge
 
 A recipe (:class:`Recipe`) is a format/backend path of the profile and a scheme for it: fp32, fp16, int8
 post-training (calibration samples, per-channel or per-tensor), int8 with dynamic activations, int8 QAT,
-mixed precision, int8/int4 weight-only; with and without distillation when the project has a teacher.
+mixed precision, int8/int4 weight-only; with and without distillation when the project has a teacher; and, for
+each ``--prune KIND:RATIO`` given, pruned that way (edgekit.prune) beside unpruned.
 Recipes the planner refuses are not candidates. With the local target (the default) only paths whose
 runtime runs on this host are candidates: a host twin's speed says nothing of the device.
 

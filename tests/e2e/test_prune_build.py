@@ -31,6 +31,7 @@ def test_structured_half_with_kd_and_int8_stays_within_a_point_of_the_dense_stud
     dense, _ = verify(built("raspberry-pi-5", "--quant", "int8"))
     assert manifest["model"]["bytes"] < 0.6 * dense["model"]["bytes"]
     assert manifest["baseline"]["bytes"] < 0.6 * dense["baseline"]["bytes"]
+    assert f"{p['parameters_after']:,} parameters" in (out / "README.md").read_text()
     rows, _, _ = from_bundle(out)
     row = next(r for r in rows if r.name.startswith("pruned structured:0.5"))
     assert row.parameters == p["parameters_after"] and row.value == p["accuracy_after"]

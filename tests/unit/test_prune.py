@@ -212,3 +212,17 @@ def test_the_planner_refuses_what_pruning_cannot_do_here():
     plan = make_plan(load_profile("pixel8"), quant="int8", distill=True, prune="structured:0.5", prune_epochs=0)
     assert plan.stages[:4] == ("load", "distill", "prune", "export")
     assert plan.prune["epochs"] == 0 and dict(plan.describe())["pruning"].endswith("no recovery")
+
+
+def test_structured_refuses_a_second_output_head_it_would_narrow():
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux, self.head = nn.Linear(8, 32), nn.Linear(32, 4), nn.Linear(32, 10)
+
+        def forward(self, x):
+            h = torch.relu(self.body(x))
+            return self.aux(h), self.head(h)
+
+    with pytest.raises(PruneError, match=r"changed the model's output shapes from \[\(1, 4\), \(1, 10\)\]"):
+        prune(TwoHeads().eval(), (torch.randn(1, 8),), PruneSpec.parse("structured:0.3"))

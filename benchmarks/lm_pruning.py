@@ -1,0 +1,139 @@
+"""Pruning the LM example (examples/tiny_lm's student): perplexity, decode speed and size per format, one run.
+
+Variants: dense; structured 30% / 50% (MLP neurons and query heads, edgekit.lm.prune); unstructured 50% / 80% and
+2:4 (the decoder layers' linear weights); each without and with token-level KD recovery from the unpruned student
+(``--kd-epochs``, top-64 logits, the best epoch on calib), as the build's prune stage does. Each pruned decoder is
+saved as a Llama folder and built by ``edgekit build`` (``[model] hf``) for pixel8 in each format, fp32 and
+int8-weight-only: perplexity on the eval windows through the export, decode latency (median of the 32 greedy
+tokens the build's validation generates, this host, batch 1), raw and deflated model size. Decode speed is given
+as a ratio to dense fp32 of the same format. Needs the cached student (`make tiny-lm`). Writes
+benchmarks/results/lm_pruning.{md,json}.
+
+    .venv/bin/python benchmarks/lm_pruning.py [--formats onnx executorch] [--kd-epochs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _results import write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "tiny_lm"
+PRUNINGS = ["structured:0.3", "structured:0.5", "unstructured:0.5", "unstructured:0.8", "2:4"]
+
+
+def project_toml(folder: Path) -> str:
+    """examples/tiny_lm's project with [model] hf = the pruned decoder's folder, no teacher."""
+    text = (EXAMPLE / "edgekit.toml").read_text()
+    head, rest = text.split("[model]", 1)
+    rest = rest.split("[data]", 1)[1]
+    rest = rest.replace('entry = "data.py:', f'entry = "{EXAMPLE}/data.py:').replace(
+        'tokenizer = "tokenizer.json"', f'tokenizer = "{EXAMPLE}/tokenizer.json"')
+    return f'{head}[model]\nhf = "{folder}"\n\n[data]{rest}'
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--formats", nargs="+", default=["onnx", "executorch"], choices=["onnx", "executorch", "tflite"])
+    ap.add_argument("--kd-epochs", type=int, default=5)
+    args = ap.parse_args()
+    import edgekit
+    from edgekit.fsutil import cache_dir
+    from edgekit.lm.model import load_folder, save_folder
+    from edgekit.lm.prune import prune_for_build
+    from edgekit.project import load_data, load_model, load_project
+    from edgekit.prune import PruneSpec
+
+    sys.path.insert(0, str(EXAMPLE))
+    from model import weights_path
+
+    project = load_project(EXAMPLE)
+    splits = load_data(project)
+    windows = {n: splits[n].x for n in ("train", "calib", "eval")}
+    dense = load_model(project).eval()
+    d = project.distill
+    rows = []
+    models = cache_dir() / "bench-lm-pruning"  # pruned (and recovered) decoders, kept: the KD runs take minutes
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        variants = [("dense", False, dense, None)]
+        for label in PRUNINGS:
+            for kd in (False, True):
+                spec = PruneSpec.parse(label, epochs=args.kd_epochs if kd else 0)
+                key = hashlib.sha256(json.dumps([spec.model_dump(), str(weights_path("student")), d.temperature,
+                                                 d.alpha, d.batch_size, project.seed]).encode()).hexdigest()[:12]
+                folder = models / f"{label.replace(':', '-')}-kd{int(kd)}-{key}"
+                if (folder / "record.json").is_file():
+                    model, rec = load_folder(folder), json.loads((folder / "record.json").read_text())
+                else:
+                    t0 = time.perf_counter()
+                    model, rec = prune_for_build(dense, windows, spec, d.temperature, d.alpha, d.batch_size,
+                                                 project.seed, lambda msg: None)
+                    rec["seconds"] = round(time.perf_counter() - t0, 1)
+                    save_folder(model, folder)
+                    shutil.copy2(EXAMPLE / "tokenizer.json", folder / "tokenizer.json")
+                    (folder / "record.json").write_text(json.dumps(rec, default=str))
+                print(f"  {label} kd={kd}: perplexity {rec['perplexity_dense']:.2f} dense -> {rec['perplexity_pruned']:.2f} "
+                      f"-> {rec['perplexity_after']:.2f} ({rec['seconds']:.0f} s)", flush=True)
+                variants.append((label, kd, model, rec))
+        for i, (label, kd, model, rec) in enumerate(variants):
+            folder = tmp / f"model-{i}"
+            save_folder(model, folder)
+            shutil.copy2(EXAMPLE / "tokenizer.json", folder / "tokenizer.json")
+            (tmp / f"project-{i}").mkdir()
+            (tmp / f"project-{i}" / "edgekit.toml").write_text(project_toml(folder))
+            row = {"pruning": label, "kd": kd, "parameters": rec["parameters_after"] if rec else
+                   sum(p.numel() for p in model.parameters()),
+                   "nonzero": rec["nonzero_after"] if rec else sum(p.numel() for p in model.parameters()),
+                   "pytorch_perplexity": rec["perplexity_after"] if rec else None, "record": rec, "formats": {}}
+            for fmt in args.formats:
+                for quant in ("none", "int8-weight-only"):
+                    out = tmp / f"bundle-{i}-{fmt}-{quant}"
+                    bundle = edgekit.build("pixel8", tmp / f"project-{i}", format=fmt, quant=quant, out=out,
+                                           distill=False, fail_on_budget=False)
+                    m = bundle.manifest.data
+                    v, met = m["validation"], m["validation"]["metrics"]
+                    cell = {"bytes": m["model"]["bytes"], "deflated": m["model"]["compressed_bytes"],
+                            "perplexity": met["perplexity"], "greedy_agreement": met["greedy_agreement"],
+                            "decode_ms": v["host_latency_ms"]["median"],
+                            "reference_perplexity": m["language_model"]["reference_perplexity"]}
+                    row["formats"][f"{fmt} {'fp32' if quant == 'none' else 'int8'}"] = cell
+                    print(f"  {label} kd={kd} {fmt} {quant}: {cell}", flush=True)
+            rows.append(row)
+    keys = list(rows[0]["formats"])
+    for r in rows:
+        for k in keys:
+            base = rows[0]["formats"][f"{k.split()[0]} fp32"]["decode_ms"]
+            r["formats"][k]["decode_speed_vs_dense_fp32"] = base / r["formats"][k]["decode_ms"]
+    lines = ["| pruning | KD | parameters | non-zero | " + " | ".join(f"{k} KiB (deflated)" for k in keys) + " | "
+             + " | ".join(f"{k} decode speed / dense fp32" for k in keys) + " | "
+             + " | ".join(f"{k} perplexity" for k in keys) + " |",
+             "|---|---|---|---|" + "---|" * (3 * len(keys))]
+    for r in rows:
+        f = r["formats"]
+        lines.append(f"| {r['pruning']} | {'yes' if r['kd'] else 'no'} | {r['parameters']:,} | {r['nonzero']:,} | "
+                     + " | ".join(f"{f[k]['bytes'] / 1024:.0f} ({f[k]['deflated'] / 1024:.0f})" for k in keys) + " | "
+                     + " | ".join(f"{f[k]['decode_speed_vs_dense_fp32']:.2f}" for k in keys) + " | "
+                     + " | ".join(f"{f[k]['perplexity']:.2f}" for k in keys) + " |")
+    note = (f"examples/tiny_lm student (eval windows of the example; lower perplexity is better). KD: "
+            f"{args.kd_epochs} epochs of token-level Hinton KD (T={d.temperature:g}, alpha={d.alpha:g}, the teacher's "
+            "top-64 logits) from the unpruned student, the best epoch by calib perplexity. int8 = each format's own "
+            "int8 weight-only LLM recipe. Decode: median ms per generated token over the build's 32-token greedy "
+            "validation on this host, batch 1; speed ratio = dense fp32 decode ms / this decode ms, same format. "
+            "Unstructured and 2:4 zero weights but keep every shape, so their raw size and speed stay the dense "
+            "model's; only the deflated size shrinks.")
+    write_results("lm_pruning", "Pruning the LM example: MLP neurons and heads, unstructured, 2:4; with and without "
+                  "KD", "\n".join(lines) + f"\n\n{note}", rows)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
