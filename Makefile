@@ -35,6 +35,8 @@ bench: install
 	$(VENV)/bin/python benchmarks/build_time.py --devices pixel8 raspberry-pi-5 jetson-orin-nano --quant none int8
 	$(VENV)/bin/python benchmarks/qnn.py  # galaxy-s24's NPU path on Qualcomm's HTP emulator (the qnn extra)
 	$(VENV)/bin/python benchmarks/emu.py  # the digits bundles on arm64 under QEMU vs x86-64 (edgekit emu; ~16 min the first time)
+	$(VENV)/bin/python benchmarks/pruning.py  # structured / unstructured / 2:4, +-KD, fp32 and int8, per format (~30 min)
+	$(VENV)/bin/python benchmarks/lm_pruning.py  # the same for examples/tiny_lm (needs `make tiny-lm`; ~30 min)
 	$(VENV)/bin/python benchmarks/summary.py  # benchmarks/results/summary.md: the tables above side by side
 
 kd-table: install  # Hinton KD / FitNet / int8 on digits, 3 seeds: benchmarks/results/kd_table.{md,json} (~15 min)

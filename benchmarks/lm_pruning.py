@@ -4,8 +4,8 @@ Variants: dense; structured 30% / 50% (MLP neurons and query heads, edgekit.lm.p
 2:4 (the decoder layers' linear weights); each without and with token-level KD recovery from the unpruned student
 (``--kd-epochs``, top-64 logits, the best epoch on calib), as the build's prune stage does. Each pruned decoder is
 saved as a Llama folder and built by ``edgekit build`` (``[model] hf``) for pixel8 in each format, fp32 and
-int8-weight-only: perplexity on the eval windows through the export, decode latency (median of the 32 greedy
-tokens the build's validation generates, this host, batch 1), raw and deflated model size. Decode speed is given
+int8-weight-only: perplexity on the eval windows through the export, raw and deflated model size; then every bundle of a
+format is loaded by the runner's LM session and its decode timed in alternating rounds (64 greedy tokens per round),
 as a ratio to dense fp32 of the same format. Needs the cached student (`make tiny-lm`). Writes
 benchmarks/results/lm_pruning.{md,json}.
 
@@ -40,10 +40,43 @@ def project_toml(folder: Path) -> str:
     return f'{head}[model]\nhf = "{folder}"\n\n[data]{rest}'
 
 
+def decode_rounds(rows: list[dict], keys: list[str], rounds: int, threads: int) -> None:
+    """Decode ms per token of every bundle of one format, in alternating rounds (order flipped each round): each
+    round greedily generates 64 tokens from the example's prompt and takes the median step; the ratio is the
+    median over rounds of dense fp32 / this."""
+    import json as _json
+    import statistics
+
+    import numpy as np
+    from edgekit_runner import lm
+
+    sessions = {}
+    for i, r in enumerate(rows):
+        for k in keys:
+            bundle = r["formats"][k]["bundle"]
+            m = _json.loads((bundle / "manifest.json").read_text())
+            prompt = np.load(bundle / "eval.npz")["prompt"][0].tolist()
+            sessions[(i, k)] = (lm.open_session(bundle / m["model"]["file"], m["model"]["runtime"],
+                                                m["language_model"]["cache"], threads=threads), prompt)
+    ms: dict = {key: [] for key in sessions}
+    order = list(sessions)
+    for n in range(rounds):
+        for key in (order if n % 2 == 0 else order[::-1]):
+            session, prompt = sessions[key]
+            ms[key].append(statistics.median(lm.generate(session, prompt, 64, stop_at_eos=False).decode_ms))
+    base = ms[(0, keys[0])]
+    for (i, k), values in ms.items():
+        rows[i]["formats"][k].update(decode_ms=statistics.median(values), decode_round_ms=values,
+                                     decode_speed_vs_dense_fp32=statistics.median(b / v for b, v in zip(base, values)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--formats", nargs="+", default=["onnx", "executorch"], choices=["onnx", "executorch", "tflite"])
     ap.add_argument("--kd-epochs", type=int, default=5)
+    ap.add_argument("--prunings", nargs="+", default=PRUNINGS, help="the pruned variants (dense is always measured)")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating decode timing rounds per format")
+    ap.add_argument("--threads", type=int, default=1, help="runtime threads (1: steadiest on a shared host)")
     args = ap.parse_args()
     import edgekit
     from edgekit.fsutil import cache_dir
@@ -65,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         variants = [("dense", False, dense, None)]
-        for label in PRUNINGS:
+        for label in args.prunings:
             for kd in (False, True):
                 spec = PruneSpec.parse(label, epochs=args.kd_epochs if kd else 0)
                 key = hashlib.sha256(json.dumps([spec.model_dump(), str(weights_path("student")), d.temperature,
@@ -100,19 +133,19 @@ def main() -> None:
                     bundle = edgekit.build("pixel8", tmp / f"project-{i}", format=fmt, quant=quant, out=out,
                                            distill=False, fail_on_budget=False)
                     m = bundle.manifest.data
-                    v, met = m["validation"], m["validation"]["metrics"]
+                    met = m["validation"]["metrics"]
                     cell = {"bytes": m["model"]["bytes"], "deflated": m["model"]["compressed_bytes"],
                             "perplexity": met["perplexity"], "greedy_agreement": met["greedy_agreement"],
-                            "decode_ms": v["host_latency_ms"]["median"],
-                            "reference_perplexity": m["language_model"]["reference_perplexity"]}
+                            "reference_perplexity": m["language_model"]["reference_perplexity"], "bundle": out}
                     row["formats"][f"{fmt} {'fp32' if quant == 'none' else 'int8'}"] = cell
                     print(f"  {label} kd={kd} {fmt} {quant}: {cell}", flush=True)
             rows.append(row)
-    keys = list(rows[0]["formats"])
+        keys = list(rows[0]["formats"])
+        for fmt in args.formats:
+            decode_rounds(rows, [k for k in keys if k.startswith(fmt)], args.rounds, args.threads)
     for r in rows:
         for k in keys:
-            base = rows[0]["formats"][f"{k.split()[0]} fp32"]["decode_ms"]
-            r["formats"][k]["decode_speed_vs_dense_fp32"] = base / r["formats"][k]["decode_ms"]
+            r["formats"][k].pop("bundle")
     lines = ["| pruning | KD | parameters | non-zero | " + " | ".join(f"{k} KiB (deflated)" for k in keys) + " | "
              + " | ".join(f"{k} decode speed / dense fp32" for k in keys) + " | "
              + " | ".join(f"{k} perplexity" for k in keys) + " |",
@@ -126,8 +159,10 @@ def main() -> None:
     note = (f"examples/tiny_lm student (eval windows of the example; lower perplexity is better). KD: "
             f"{args.kd_epochs} epochs of token-level Hinton KD (T={d.temperature:g}, alpha={d.alpha:g}, the teacher's "
             "top-64 logits) from the unpruned student, the best epoch by calib perplexity. int8 = each format's own "
-            "int8 weight-only LLM recipe. Decode: median ms per generated token over the build's 32-token greedy "
-            "validation on this host, batch 1; speed ratio = dense fp32 decode ms / this decode ms, same format. "
+            "int8 weight-only LLM recipe. Decode: each bundle of a format loaded by the runner's LM session "
+            f"({args.threads} thread(s)) and timed in {args.rounds} alternating rounds of a 64-token greedy generation "
+            "from the example's prompt (median step per round); speed = median over rounds of dense fp32 ms / this "
+            "ms, same format, this host, batch 1. "
             "Unstructured and 2:4 zero weights but keep every shape, so their raw size and speed stay the dense "
             "model's; only the deflated size shrinks.")
     write_results("lm_pruning", "Pruning the LM example: MLP neurons and heads, unstructured, 2:4; with and without "

@@ -75,6 +75,7 @@ def test_structured_removes_the_ratio_of_parameters_and_keeps_the_outputs(ratio)
     assert pruned(*EXAMPLE).shape == (1, 10)
     assert pruned.head.out_features == 10  # the output layer keeps its classes
     widths = {n: layer["channels_after"] for n, layer in rec["layers"].items()}
+    assert all(w % rec["channel_multiple"] == 0 for n, w in widths.items() if n != "head")
     assert widths["stem.0"] == pruned.stem[0].out_channels < 16
     assert pruned.block[0].out_channels == pruned.stem[0].out_channels == pruned.dw.in_channels  # residual kept whole
     assert torch.equal(model(*EXAMPLE), reference) and sum(p.numel() for p in model.parameters()) == before
@@ -194,7 +195,10 @@ def test_structured_to_a_latency_target_bisects_on_the_measurement():
     pruned, rec = prune(net(), EXAMPLE, spec, latency=latency)
     assert rec["latency_ms_after"] <= 0.6 * rec["latency_ms_before"]
     assert rec["latency_ms_after"] == latency(pruned)
-    assert len(calls) == 1 + 1 + 8 + 1  # dense, the ceiling, 8 bisection steps (+ the check above)
+    # 16-channel layers have no multiple of 16 to narrow to, and a latency target tries 16 or 1 (each try costs
+    # 9 measurements): the dense model, the ceiling, 8 bisection steps (+ the call above)
+    assert rec["channel_multiple"] == 1
+    assert len(calls) == 1 + 1 + 8 + 1
     with pytest.raises(PruneError, match="needs a runtime to measure latency"):
         prune(net(), EXAMPLE, spec)
 
