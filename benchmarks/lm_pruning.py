@@ -1,6 +1,6 @@
 """Pruning the LM example (examples/tiny_lm's student): perplexity, decode speed and size per format, one run.
 
-Variants: dense; structured 30% / 50% (MLP neurons and query heads, edgekit.lm.prune); unstructured 50% / 80% and
+Variants: dense (and, as the control, dense with the same KD epochs from itself); structured 30% / 50% (MLP neurons and query heads, edgekit.lm.prune); unstructured 50% / 80% and
 2:4 (the decoder layers' linear weights); each without and with token-level KD recovery from the unpruned student
 (``--kd-epochs``, top-64 logits, the best epoch on calib), as the build's prune stage does. Each pruned decoder is
 saved as a Llama folder and built by ``edgekit build`` (``[model] hf``) for pixel8 in each format, fp32 and
@@ -38,6 +38,29 @@ def project_toml(folder: Path) -> str:
     rest = rest.replace('entry = "data.py:', f'entry = "{EXAMPLE}/data.py:').replace(
         'tokenizer = "tokenizer.json"', f'tokenizer = "{EXAMPLE}/tokenizer.json"')
     return f'{head}[model]\nhf = "{folder}"\n\n[data]{rest}'
+
+
+def self_distilled(dense, windows: dict, d, seed: int, epochs: int, models: Path) -> tuple:
+    """The control: the dense student given the same KD epochs from itself, unpruned (what the training alone buys)."""
+    import copy
+
+    from edgekit.lm.distill import perplexity, train
+    from edgekit.lm.model import load_folder, save_folder
+
+    folder = models / f"dense-self-kd{epochs}-{d.temperature:g}-{d.alpha:g}-{d.batch_size}-{seed}"
+    if (folder / "record.json").is_file():
+        return "dense", True, load_folder(folder), json.loads((folder / "record.json").read_text())
+    t0 = time.perf_counter()
+    model, _ = train(copy.deepcopy(dense), windows, epochs=epochs, lr=3e-3, batch_size=d.batch_size, seed=seed,
+                     teacher=copy.deepcopy(dense).eval(), temperature=d.temperature, alpha=d.alpha, say=lambda m: None)
+    n = sum(p.numel() for p in model.parameters())
+    ppl = perplexity(dense, windows["eval"])
+    rec = {"parameters_after": n, "nonzero_after": n, "perplexity_dense": ppl, "perplexity_pruned": ppl,
+           "perplexity_after": perplexity(model, windows["eval"]), "seconds": round(time.perf_counter() - t0, 1)}
+    save_folder(model, folder)
+    shutil.copy2(EXAMPLE / "tokenizer.json", folder / "tokenizer.json")
+    (folder / "record.json").write_text(json.dumps(rec))
+    return "dense", True, model, rec
 
 
 def decode_rounds(rows: list[dict], keys: list[str], rounds: int, threads: int) -> None:
@@ -97,7 +120,7 @@ def main() -> None:
     models = cache_dir() / "bench-lm-pruning"  # pruned (and recovered) decoders, kept: the KD runs take minutes
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        variants = [("dense", False, dense, None)]
+        variants = [("dense", False, dense, None), self_distilled(dense, windows, d, project.seed, args.kd_epochs, models)]
         for label in args.prunings:
             for kd in (False, True):
                 spec = PruneSpec.parse(label, epochs=args.kd_epochs if kd else 0)
@@ -164,7 +187,8 @@ def main() -> None:
             "from the example's prompt (median step per round); speed = median over rounds of dense fp32 ms / this "
             "ms, same format, this host, batch 1. "
             "Unstructured and 2:4 zero weights but keep every shape, so their raw size and speed stay the dense "
-            "model's; only the deflated size shrinks.")
+            "model's; only the deflated size shrinks, and their speed ratios show this host's timing noise. "
+            "'dense, KD yes' is the control: the unpruned student given the same KD epochs from itself.")
     write_results("lm_pruning", "Pruning the LM example: MLP neurons and heads, unstructured, 2:4; with and without "
                   "KD", "\n".join(lines) + f"\n\n{note}", rows)
     print("\n".join(lines))
