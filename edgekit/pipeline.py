@@ -159,7 +159,7 @@ def prune_stage(b: Build) -> None:
     """--prune: the model pruned (edgekit.prune), recovered by KD from its unpruned self, masks made permanent."""
     from edgekit.prune import PruneSpec, prune_for_build
 
-    spec = PruneSpec(**{k: v for k, v in b.plan.prune.items() if k != "label"})
+    spec = PruneSpec.from_plan(b.plan.prune)
     settings = b.project.distill
     b.say("prune", spec.label)
     b.model, b.pruned = prune_for_build(b.model, b.example, b.splits, spec,

@@ -93,6 +93,11 @@ class PruneSpec(BaseModel):
                             f"not {value}")
         return cls(kind=kind, ratio=ratio, **settings)
 
+    @classmethod
+    def from_plan(cls, record: dict[str, Any]) -> PruneSpec:
+        """The spec back from the plan's ``prune`` dict (its fields and the derived ``label``)."""
+        return cls(**{k: v for k, v in record.items() if k != "label"})
+
     @property
     def label(self) -> str:
         if self.kind == "2:4":

@@ -117,7 +117,7 @@ def prune_stage(b: Any) -> None:
     from edgekit.lm.prune import prune_for_build
     from edgekit.prune import PruneSpec
 
-    spec = PruneSpec(**{k: v for k, v in b.plan.prune.items() if k != "label"})
+    spec = PruneSpec.from_plan(b.plan.prune)
     d = b.project.distill
     b.say("prune", spec.label)
     windows = {name: b.splits[name].x for name in ("train", "calib", "eval")}

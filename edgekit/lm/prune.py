@@ -24,7 +24,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from edgekit.prune import PruneError, PruneSpec, finalize, nonzero_count
+from edgekit.prune import PruneError, PruneSpec, finalize, nonzero_count, parameter_count
 
 
 ALIGN = 32  # the MLP keeps a multiple of this many neurons when it had one (int4 group size 32)
@@ -37,7 +37,6 @@ def _keep(scores: Any, n: int) -> Any:
 def prune_decoder(model: Any, spec: PruneSpec) -> tuple[Any, dict[str, Any]]:
     """A pruned copy of ``model`` (:class:`edgekit.lm.model.Decoder`) and the record of what was removed."""
     import torch
-    from torch import nn
 
     from edgekit.lm.model import Decoder
 
@@ -78,10 +77,8 @@ def prune_decoder(model: Any, spec: PruneSpec) -> tuple[Any, dict[str, Any]]:
                 getattr(new.self_attn, name).weight.copy_(getattr(att, name).weight)
             for name in ("input_layernorm", "post_attention_layernorm"):
                 getattr(new, name).weight.copy_(getattr(old, name).weight)
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert isinstance(pruned.lm_head, nn.Linear)
-    record = {**spec.model_dump(), "label": spec.label, "parameters_before": count(model),
-              "parameters_after": count(pruned), "nonzero_after": count(pruned),
+    record = {**spec.model_dump(), "label": spec.label, "parameters_before": parameter_count(model),
+              "parameters_after": parameter_count(pruned), "nonzero_after": parameter_count(pruned),
               "mlp_neurons": {"before": c.intermediate_size, "after": neurons},
               "query_heads": {"before": c.num_attention_heads, "after": config.num_attention_heads},
               "key_value_heads": c.num_key_value_heads, "head_dim": d}
@@ -91,7 +88,7 @@ def prune_decoder(model: Any, spec: PruneSpec) -> tuple[Any, dict[str, Any]]:
 def _zeros(model: Any, spec: PruneSpec) -> tuple[Any, dict[str, Any]]:
     """Unstructured / 2:4 on the decoder layers' linear weights (the embedding, tied to the output layer, stays
     dense); the masks stay in place for recovery until :func:`edgekit.prune.finalize`."""
-    from edgekit.prune import nonzero_count, parameter_count, zero_two_four, zero_unstructured
+    from edgekit.prune import zero_two_four, zero_unstructured
 
     pruned = copy.deepcopy(model).eval()
     layers = zero_unstructured(pruned.model.layers, spec) if spec.kind == "unstructured" else zero_two_four(pruned.model.layers)
