@@ -34,7 +34,9 @@ FORMATS = {"executorch": "pixel8", "onnx": "host-cpu", "tflite": "pixel8"}
 VARIANTS = [(fmt, "none", {}) for fmt in FORMATS] + [
     (fmt, quant, {}) for quant in ("int8-weight-only", "int4-weight-only") for fmt in FORMATS] + [
     ("onnx", "int4-weight-only", {"asymmetric": False}),
-    ("onnx", "int4-weight-only", {"asymmetric": True, "accuracy_level": 0})]
+    ("onnx", "int4-weight-only", {"asymmetric": True, "accuracy_level": 0}),
+    ("executorch", "int4-weight-only", {"asymmetric": False}),
+    ("executorch", "int8-weight-only", {"smoothquant": 0})]
 
 
 def variant_name(fmt: str, quant: str, settings: dict) -> str:
@@ -163,6 +165,8 @@ def main() -> None:
     ap.add_argument("--rebuild", action="store_true", help="build the bundles again even if build/smollm2-* exist")
     ap.add_argument("--only", nargs="*", help="measure only these variants (e.g. executorch onnx-int4-weight-only "
                                               "onnx-int4-weight-only-accuracy_level0); default all")
+    ap.add_argument("--name", default="llm", help="write benchmarks/results/NAME.{md,json} (a run with --only "
+                                                  "should not replace the full table)")
     ap.add_argument("--llamacpp-from", type=Path, help="take the llama.cpp rows from this earlier llm.json instead "
                                                        "of measuring them (says so in the table)")
     ap.add_argument("--engine", help=argparse.SUPPRESS)
@@ -221,7 +225,8 @@ def precision_label(q: dict) -> str:
     """'int4 g32 AL4': weight bits, group (int4), ONNX Runtime's accuracy level."""
     group = f" g{q['group_size']}" if q["bits"] == 4 else ""
     level = f" AL{q['accuracy_level']}" if "matmulnbits_nodes" in q else ""
-    return f"int{q['bits']}{group}{level}{' asym' if q.get('asymmetric') else ''}"
+    smooth = f" SmoothQuant {q['smoothquant']}" if isinstance(q.get("smoothquant"), float) and q["smoothquant"] else ""
+    return f"int{q['bits']}{group}{level}{' asym' if q.get('asymmetric') else ''}{smooth}"
 
 
 def cpu_features() -> str:
@@ -302,8 +307,10 @@ def table(rows: list[dict], manifest: dict, args: argparse.Namespace) -> None:
             f"torch eager fp32. Greedy continuation identical to eager fp32's: {', '.join(same)}. "
             + (f"The llama.cpp rows are an earlier run's on this host ({', '.join(sorted(reused))}; "
                "llama-cpp-python was not rebuilt for this run), not this run's. " if reused else "")
-            + "Command: `make bench-llm`.")
-    write_results("llm", "SmolLM2-135M: edgekit's exports (fp32, int8, int4), torch eager and llama.cpp",
+            + ("Command: `make bench-llm`." if not args.only else
+               f"Command: `.venv/bin/python benchmarks/llm.py --threads {args.threads} --name {args.name} --only "
+               f"{' '.join(args.only)}`."))
+    write_results(args.name, "SmolLM2-135M: edgekit's exports (fp32, int8, int4), torch eager and llama.cpp",
                   "\n".join(lines) + note, rows)
     print("\n".join(lines) + note)
 

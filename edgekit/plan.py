@@ -323,14 +323,21 @@ def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str |
         if fmt == "onnx" and bits == 4 and (group_size < 16 or group_size & (group_size - 1)):
             raise PlanError(f"ONNX Runtime's MatMulNBits blocks are a power of two >= 16, not --group-size "
                             f"{group_size}")
-        if q.asymmetric and bits == 4 and fmt != "onnx":
-            notes.append(f"[language_model.quantize] asymmetric applies to ONNX Runtime; {fmt}'s int{bits} weights "
-                         "are symmetric")
+        asymmetric = q.asymmetric and bits == 4 and fmt in ("onnx", "executorch")
+        if q.asymmetric and bits == 4 and not asymmetric:
+            notes.append(f"[language_model.quantize] asymmetric applies to ONNX Runtime and ExecuTorch; {fmt}'s "
+                         f"int{bits} weights are symmetric")
         if q.hqq and fmt != "executorch":
             notes.append(f"[language_model.quantize] hqq applies to ExecuTorch; {fmt} quantizes by min/max")
+        if q.hqq and asymmetric:
+            notes.append("[language_model.quantize] hqq is not used with asymmetric: each block's scale is its step")
+        smoothquant = q.smoothquant if fmt == "executorch" and bits == 8 else 0.0
+        if smoothquant:
+            notes.append(f"SmoothQuant (alpha {smoothquant}, on the calib windows) before ExecuTorch's 8da8w: the "
+                         "int8 activations' outlier channels moved into the weights")
         scheme = LMWeights(bits=bits, group_size=group_size if bits == 4 else 0, embedding=q.embedding,
                            output=q.output, accuracy_level=q.accuracy_level, hqq=q.hqq and fmt == "executorch",
-                           asymmetric=q.asymmetric and fmt == "onnx" and bits == 4)
+                           asymmetric=asymmetric, smoothquant=smoothquant)
         if quant != f"int{bits}-weight-only":
             notes.append(f"--quant {quant} for a language model is int{bits}-weight-only: the weights quantized by "
                          "the backend's own LLM tool (see the scheme for the activations)")

@@ -162,7 +162,7 @@ def quantize_stage(b: Any) -> None:
     path = subdir(b.work, "quant") / f"model{EXPORTERS[fmt].extension}"
     export = b.fp32.details["language_model"]
     if fmt == "executorch":
-        decoder, details = lq.executorch_decoder(b.model, scheme)
+        decoder, details = lq.executorch_decoder(b.model, scheme, b.splits["calib"].x)
         export = executorch(decoder, path, lm["max_context"], quantized=True)
     elif fmt == "onnx":
         details = lq.onnx(b.fp32.model_path, path, scheme, b.model.config.vocab_size)

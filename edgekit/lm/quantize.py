@@ -3,8 +3,15 @@
 - ExecuTorch (XNNPACK): torchao on the :class:`Decoder` before export. int4 is ExecuTorch's production
   LLM recipe "8da4w" (``Int8DynamicActivationIntxWeightConfig``: int4 weights per group, int8 activations
   quantized per token at run time, XNNPACK's int4 GEMM); int8 is the same with int8 weights per channel
-  ("8da8w"): torchao's int8 weight-only linear lowers but computes wrong outputs in ExecuTorch 1.5.1. The embedding table is int8 per row (``embedding_byte``) and the
-  output layer 8da8w by default. HQQ (half-quadratic) picks the int4 scales instead of min/max, as an option.
+  ("8da8w"): torchao's int8 weight-only linear lowers but computes wrong outputs in ExecuTorch 1.5.1 (XNNPACK's
+  partitioner takes a dequantized weight without quantized activations for static int8). To keep 8da8w's
+  accuracy, SmoothQuant (:func:`smooth`) first moves each linear input's outlier channels into the weights
+  (folded into the RMSNorms, ``up_proj`` and ``v_proj``; the float model computes the same). ``asymmetric``
+  int4 keeps each block's own minimum and step (llama.cpp's Q4_1 grid) by splitting every linear layer in two
+  (:class:`BlockOffsetLinear`): the block-centred weights on the symmetric int4 grid (8da4w) plus the
+  per-block offsets times the input's block sums (float). The embedding table is int8 per row
+  (``embedding_byte``) and the output layer 8da8w by default. HQQ (half-quadratic) picks the int4 scales
+  instead of min/max, as an option.
 - ONNX Runtime: ``MatMulNBitsQuantizer`` on the fp32 ``.onnx``: every linear layer as ``MatMulNBits``
   (4 or 8 bits per block of ``group_size``, ``accuracy_level`` as set: 0 computes in float, 4 quantizes the
   activations to int8 per block at run time), the output layer 8 bits, the embedding table int8
@@ -23,6 +30,9 @@ import copy
 import logging
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch.nn import functional as F
 
 from edgekit.errors import ExportError
 from edgekit.lm.model import Decoder
@@ -46,28 +56,46 @@ def check_groups(decoder: Decoder, scheme: Any) -> None:
 
 # ------------------------------------------------------------------------------------------------ ExecuTorch
 
-def executorch_decoder(decoder: Decoder, scheme: Any) -> tuple[Decoder, dict[str, Any]]:
-    """A quantized copy of ``decoder`` for :func:`edgekit.lm.export.executorch` and what was done."""
-    import torch
+def executorch_decoder(decoder: Decoder, scheme: Any, calib: Any = None) -> tuple[Decoder, dict[str, Any]]:
+    """A quantized copy of ``decoder`` for :func:`edgekit.lm.export.executorch` and what was done. ``calib``
+    (token windows ``[N, S + 1]``): what SmoothQuant measures the activations on (int8 with ``smoothquant``)."""
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_primitives import MappingType
 
     check_groups(decoder, scheme)
     model = copy.deepcopy(decoder).eval()
     if model.config.tie_word_embeddings:  # each layer gets its own quantized copy of the shared table
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
-    body = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+    smoothed = None
+    if scheme.bits == 8 and scheme.smoothquant:
+        if calib is None or not len(calib):
+            raise ExportError("SmoothQuant needs calib windows to measure the activations on; none were given")
+        smoothed = smooth(model, calib[:SMOOTH_WINDOWS], scheme.smoothquant, output=scheme.output == "int8")
+    asymmetric = scheme.bits == 4 and scheme.asymmetric
+    if asymmetric:
+        BlockOffsetLinear.replace(model, scheme.group_size)
+    body = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"
+            and not n.endswith(".offsets")]
     if scheme.bits == 4:
-        kwargs = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if scheme.hqq else {}
+        kwargs = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if scheme.hqq and not asymmetric else {}
+        if asymmetric:  # the shifted block spans [-8 d, 7 d]: its scale must be d, the step, as in the GGUF
+            kwargs["weight_mapping_type"] = MappingType.SYMMETRIC_NO_CLIPPING_ERR
         linear = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                        weight_granularity=PerGroup(scheme.group_size), **kwargs)
-        what = (f"int4 symmetric per group of {scheme.group_size}{' (HQQ scales)' if scheme.hqq else ''}, int8 "
-                "activations per token at run time (8da4w)")
+        what = (f"int4 symmetric per group of {scheme.group_size}{' (HQQ scales)' if scheme.hqq and not asymmetric else ''}"
+                ", int8 activations per token at run time (8da4w)")
+        if asymmetric:
+            what = (f"int4 asymmetric per group of {scheme.group_size} (llama.cpp's Q4_1 grid): the block-centred "
+                    f"weights int4 symmetric with the step as scale, int8 activations per token at run time "
+                    f"(8da4w), plus an fp32 offset per block times the input's block sums")
     else:  # 8da8w: torchao's int8 weight-only linear lowers in ExecuTorch 1.5.1 but computes wrong outputs
         # (measured on the tiny LM: perplexity +70% through the .pte, +0.1% in eager PyTorch)
         linear = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
         what = ("int8 symmetric per output channel, int8 activations per token at run time (8da8w: XNNPACK's "
                 "int8 GEMM; its weight-only int8 path computes wrong outputs in ExecuTorch 1.5.1)")
+        if smoothed:
+            what += f"; SmoothQuant alpha {scheme.smoothquant} first"
     output = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
     try:
         quantize_(model, linear, filter_fn=lambda m, fqn: fqn in body)
@@ -82,7 +110,115 @@ def executorch_decoder(decoder: Decoder, scheme: Any) -> tuple[Decoder, dict[str
                    "linear_layers": what,
                    "output_layer": "int8 per channel, int8 activations per token (8da8w)"
                    if scheme.output == "int8" else "float",
-                   "embedding_table": "int8 per row (embedding_byte)" if scheme.embedding == "int8" else "float"}
+                   "embedding_table": "int8 per row (embedding_byte)" if scheme.embedding == "int8" else "float",
+                   **({"smoothing": smoothed} if smoothed else {})}
+
+
+SMOOTH_WINDOWS = 8  # calib windows SmoothQuant measures the activations' ranges on
+
+
+def smooth(model: Decoder, windows: Any, alpha: float, output: bool = True) -> dict[str, Any]:
+    """SmoothQuant (Xiao et al., 2023) in place: per input channel j of each linear layer,
+    ``s_j = max|x_j|^alpha / max|W_:,j|^(1 - alpha)``; the input is divided by s (folded into what produces
+    it) and the weight's column multiplied by it, so the float model computes the same function while the
+    activations' outlier channels, which per-token int8 quantization rounds every other channel against, shrink.
+
+    - q/k/v and gate/up: the preceding RMSNorm's weight (one s for the three, or the two, layers);
+    - down_proj: up_proj's output rows (SwiGLU multiplies gate by up, so scaling up scales the product);
+    - o_proj: v_proj's output rows; with grouped-query attention one key/value channel feeds a channel in each
+      query head of its group, so they share s (the largest of the group's);
+    - the output layer (``output``): the final RMSNorm (the output layer has its own copy of a tied table).
+    Returns what the manifest records."""
+    import numpy as np
+
+    c = model.config
+    if output and model.lm_head.weight is model.model.embed_tokens.weight:  # scale the output layer's own copy
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    amax: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def record(module: Any, inputs: tuple, _out: Any) -> None:
+            a = inputs[0].detach().abs().flatten(0, -2).amax(0)
+            amax[name] = torch.maximum(amax[name], a) if name in amax else a
+        return record
+
+    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            for i in range(0, len(windows), 2):
+                model(torch.from_numpy(np.ascontiguousarray(windows[i:i + 2, :-1])))
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def scales(act: torch.Tensor, layers: list[Any]) -> torch.Tensor:
+        w = torch.stack([lin.weight.abs().amax(0) for lin in layers]).amax(0)
+        return (act.clamp(min=1e-5) ** alpha / w.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+
+    spread = []  # how far apart the input channels' ranges were: largest / median max|x_j|, before
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            a, mlp, p = layer.self_attn, layer.mlp, f"model.layers.{i}."
+            for norm, name, layers in ((layer.input_layernorm, "self_attn.q_proj", [a.q_proj, a.k_proj, a.v_proj]),
+                                       (layer.post_attention_layernorm, "mlp.gate_proj", [mlp.gate_proj, mlp.up_proj])):
+                s = scales(amax[p + name], layers)
+                norm.weight.div_(s)
+                for lin in layers:
+                    lin.weight.mul_(s)
+            s = scales(amax[p + "mlp.down_proj"], [mlp.down_proj])
+            mlp.up_proj.weight.div_(s[:, None])
+            mlp.down_proj.weight.mul_(s)
+            group = c.num_attention_heads // c.num_key_value_heads
+            s = scales(amax[p + "self_attn.o_proj"], [a.o_proj]).view(c.num_key_value_heads, group, c.head_dim).amax(1)
+            a.v_proj.weight.div_(s.reshape(-1)[:, None])
+            a.o_proj.weight.mul_(s[:, None, :].expand(-1, group, -1).reshape(-1))
+            spread += [float(v.max() / v.median().clamp(min=1e-12)) for k, v in amax.items() if k.startswith(p)]
+        if output:
+            s = scales(amax["lm_head"], [model.lm_head])
+            model.model.norm.weight.div_(s)
+            model.lm_head.weight.mul_(s)
+    return {"alpha": alpha, "calib_windows": len(windows), "calib_tokens": int(len(windows) * (windows.shape[1] - 1)),
+            "layers": 7 * c.num_hidden_layers + int(output),
+            "input_outlier_ratio_median": round(float(np.median(spread)), 1)}
+
+
+class BlockOffsetLinear(torch.nn.Module):
+    """``x @ W.T = x @ (W - C).T + sums(x) @ C.T`` per block of ``block`` inputs: with each block's step
+    ``d = (max - min) / 15`` and offset ``c = min + 8 d``, the block-centred weights ``W - C`` lie on the
+    symmetric int4 grid ``[-8 d, 7 d]`` (exactly, for weights that came from llama.cpp's Q4_1), which XNNPACK's
+    8da4w GEMM runs; ``C`` (one fp32 offset per block, 1 bit per weight) multiplies the input's per-block
+    sums, a grouped convolution XNNPACK runs too."""
+
+    def __init__(self, linear: torch.nn.Linear, block: int) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        n, k = w.shape
+        blocks = w.reshape(n, k // block, block)
+        lo, hi = blocks.amin(-1), blocks.amax(-1)
+        offset = lo + 8 * (hi - lo) / 15
+        self.block = block
+        self.shifted = torch.nn.Linear(k, n, bias=linear.bias is not None)
+        self.shifted.weight.data = (blocks - offset[..., None]).reshape(n, k)
+        if linear.bias is not None:
+            self.shifted.bias.data = linear.bias.detach().clone()
+        self.offsets = torch.nn.Linear(k // block, n, bias=False)
+        self.offsets.weight.data = offset
+        self.register_buffer("ones", torch.ones(k // block, block, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # block sums as a grouped 1-D convolution with ones over [batch, inputs, positions]: XNNPACK runs it and the
+        # transposes (a reshape into blocks would have a symbolic dimension, which XNNPACK cannot take)
+        sums = F.conv1d(x.transpose(-1, -2), self.ones, groups=self.ones.shape[0]).transpose(-1, -2)
+        return self.shifted(x) + self.offsets(sums)
+
+    @classmethod
+    def replace(cls, model: Decoder, block: int) -> None:
+        """Every linear layer of the decoder's body (not the output layer) split in two, in place."""
+        for layer in model.model.layers:
+            for parent in (layer.self_attn, layer.mlp):
+                for name, child in list(parent.named_children()):
+                    if isinstance(child, torch.nn.Linear):
+                        setattr(parent, name, cls(child, block))
 
 
 # ------------------------------------------------------------------------------------------------ ONNX Runtime

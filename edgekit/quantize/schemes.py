@@ -123,8 +123,9 @@ class LMWeights(_Scheme):
     Runtime), the embedding table and the output layer int8 (as production LLM recipes ship them) or float.
     ``accuracy_level``: ONNX Runtime's MatMulNBits compute (0 float, 4 int8 activations per block: faster, and
     known to flip greedy tokens on some models). ``hqq``: ExecuTorch's int4 scales by half-quadratic
-    optimisation instead of min/max. ``asymmetric``: ONNX Runtime's linear layers per block from their minimum
-    to their maximum (llama.cpp's Q4_1 grid) instead of symmetric."""
+    optimisation instead of min/max. ``asymmetric``: int4 linear layers per block from their minimum to their
+    maximum (llama.cpp's Q4_1 grid) instead of symmetric (ONNX Runtime and ExecuTorch). ``smoothquant``:
+    ExecuTorch int8's SmoothQuant migration strength alpha (0: off)."""
 
     name: ClassVar[str] = "lm-weights"
     bits: int = 4
@@ -134,6 +135,7 @@ class LMWeights(_Scheme):
     accuracy_level: int = 4
     hqq: bool = False
     asymmetric: bool = False
+    smoothquant: float = 0.0
     calib_samples: int = 0
 
     @property
@@ -147,6 +149,8 @@ class LMWeights(_Scheme):
             raise ValueError("embedding and output are 'int8' or 'float'")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level is 0..4, not {self.accuracy_level}")
+        if not 0 <= self.smoothquant <= 1:
+            raise ValueError(f"smoothquant (alpha) is in [0, 1], not {self.smoothquant}")
 
 
 Scheme = Int8Static | Int8QAT | Int8Dynamic | FP16 | Int4WeightOnly | Int8WeightOnly | Mixed | LMWeights

@@ -63,10 +63,12 @@ def test_int4_in_each_format_keeps_the_model_and_shrinks_its_weights(fmt, quanti
     assert len(out.tokens) == 8 and out.decode_tokens_per_s > 0
 
 
-def test_onnx_asymmetric_int4_runs_the_block_offsets_and_is_no_worse(tiny_lm_project, quantized, tmp_path):
-    """[language_model.quantize] asymmetric = true (ONNX Runtime): each block from its minimum to its maximum,
-    as symmetric MatMulNBits plus per-block offsets (tests/integration/test_lm_quant_grid.py shows it keeps a
-    Q4_1 grid exactly); here the build, its validation and the bits it stores."""
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_asymmetric_int4_runs_the_block_offsets_and_is_no_worse(fmt, tiny_lm_project, quantized, tmp_path):
+    """[language_model.quantize] asymmetric = true: each block from its minimum to its maximum, as the backend's
+    symmetric int4 (MatMulNBits; ExecuTorch's 8da4w) on the block-centred weights plus per-block offsets
+    (tests/integration/test_lm_quant_grid.py shows it keeps a Q4_1 grid exactly); here the build, its
+    validation in the runtime and the bits it stores."""
     import shutil
 
     import onnx
@@ -75,18 +77,26 @@ def test_onnx_asymmetric_int4_runs_the_block_offsets_and_is_no_worse(tiny_lm_pro
     (project / "edgekit.toml").write_text((project / "edgekit.toml").read_text()
                                           + "\n[language_model.quantize]\nasymmetric = true\n")
     out = tmp_path / "bundle"
-    result = CliRunner().invoke(cli, ["build", "--device", "host-cpu", "--format", "onnx", "--quant",
+    result = CliRunner().invoke(cli, ["build", "--device", "pixel8", "--format", fmt, "--quant",
                                       "int4-weight-only", "--project", str(project), "--out", str(out)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     m = edgekit.Bundle.open(out).manifest.data
     q = m["model"]["export_details"]["quantization"]
     assert q["asymmetric"] is True and "asymmetric" in q["linear_layers"] and m["validation"]["passed"]
-    assert q["stored_bits"]["bits_per_weight"] == {"int4": 5.5, "int8": 9.0}  # + an fp16 offset per 32 weights
-    graph = onnx.load(str(out / "model.onnx")).graph
-    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 2 * 7 + 1
-    assert sum(n.op_type == "Add" and n.name.endswith("_add_offset") for n in graph.node) == 2 * 7
-    symmetric = edgekit.Bundle.open(quantized("onnx", "int4-weight-only")).manifest.data["validation"]["metrics"]
+    symmetric_bundle = edgekit.Bundle.open(quantized(fmt, "int4-weight-only")).manifest.data
+    if fmt == "onnx":
+        assert q["stored_bits"]["bits_per_weight"] == {"int4": 5.5, "int8": 9.0}  # + an fp16 offset per 32 weights
+        graph = onnx.load(str(out / "model.onnx")).graph
+        assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 2 * 7 + 1
+        assert sum(n.op_type == "Add" and n.name.endswith("_add_offset") for n in graph.node) == 2 * 7
+    else:  # an fp32 offset per block of 32 weights: 1 bit per body weight more in the file than symmetric 8da4w,
+        # and a little more: the ones of the block sums, and XNNPACK's packing pads this tiny model's [out, 2] offset
+        # matrices (31 KB against 9 KB of offsets here)
+        body = 2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128)  # the test decoder's linear layers (tests/conftest.py)
+        extra = m["model"]["bytes"] - symmetric_bundle["model"]["bytes"]
+        assert body / 8 <= extra <= body / 2, (extra, body / 8)
+    symmetric = symmetric_bundle["validation"]["metrics"]
     asym = m["validation"]["metrics"]
     # no worse = its perplexity is not higher than symmetric int4's (both against the same fp32 reference). Not
     # abs(): the test's tiny model is trained on the fly, and on an AVX-512 host its asymmetric int4 came out
@@ -174,6 +184,11 @@ def test_int8_weight_only_is_within_one_percent_of_fp32(fmt, quantized):
         assert q["stored_bits"]["bits_per_weight"] == {"int8": 9.0}
     if fmt == "tflite":  # per channel: an fp32 scale per output row
         assert 8.0 < q["stored_bits"]["bits_per_weight"]["int8"] < 9.0
+    if fmt == "executorch":  # 8da8w quantizes the activations too: SmoothQuant first, measured on calib
+        assert q["smoothquant"] == 0.5 and q["linear_layers"].endswith("SmoothQuant alpha 0.5 first")
+        assert q["smoothing"]["calib_windows"] == 8 and q["smoothing"]["layers"] == 2 * 7 + 1
+    else:
+        assert q["smoothquant"] == 0.0
 
 
 def test_bench_of_an_int4_bundle_stores_its_figures(quantized, tmp_path, monkeypatch):

@@ -155,9 +155,29 @@ def test_the_planner_quantizes_language_models_with_the_projects_settings():
     plan = make_plan(load_profile("host-cpu"), "onnx", task="language-model", quant="int4-weight-only",
                      language_model=asymmetric)
     assert scheme_from_dict(plan.quant_scheme).asymmetric is True
-    plan = make_plan(load_profile("pixel8"), task="language-model", quant="int4-weight-only", language_model=asymmetric)
+    plan = make_plan(load_profile("pixel8"), "executorch", task="language-model", quant="int4-weight-only",
+                     language_model=asymmetric)
+    assert scheme_from_dict(plan.quant_scheme).asymmetric is True  # the block offsets beside 8da4w
+    plan = make_plan(load_profile("pixel8"), "tflite", task="language-model", quant="int4-weight-only",
+                     language_model=asymmetric)
     assert scheme_from_dict(plan.quant_scheme).asymmetric is False  # one project file serves every format
-    assert any("asymmetric applies to ONNX Runtime; executorch's int4 weights are symmetric" in n for n in plan.notes)
+    assert any("asymmetric applies to ONNX Runtime and ExecuTorch; tflite's int4 weights are symmetric" in n
+               for n in plan.notes)
+    plan = make_plan(load_profile("pixel8"), "executorch", task="language-model", quant="int8-weight-only",
+                     language_model=asymmetric)  # int4 only
+    assert scheme_from_dict(plan.quant_scheme).asymmetric is False
+    # SmoothQuant: on by default (alpha 0.5) for ExecuTorch's int8, whose activations are int8 too; not elsewhere
+    assert scheme_from_dict(plan.quant_scheme).smoothquant == 0.5 and any("SmoothQuant" in n for n in plan.notes)
+    for fmt, quant in (("executorch", "int4-weight-only"), ("onnx", "int8-weight-only"), ("tflite", "int8-weight-only")):
+        plan = make_plan(load_profile("pixel8"), fmt, task="language-model", quant=quant,
+                         language_model=LanguageModelSpec(prompt="x"))
+        assert scheme_from_dict(plan.quant_scheme).smoothquant == 0.0, (fmt, quant)
+    off = LanguageModelSpec(prompt="x", quantize={"smoothquant": 0})
+    plan = make_plan(load_profile("pixel8"), "executorch", task="language-model", quant="int8-weight-only",
+                     language_model=off)
+    assert scheme_from_dict(plan.quant_scheme).smoothquant == 0.0 and not any("SmoothQuant" in n for n in plan.notes)
+    with pytest.raises(ValueError, match="smoothquant"):
+        LanguageModelSpec(prompt="x", quantize={"smoothquant": 1.5})
     plan = make_plan(load_profile("host-cpu"), "onnx", task="language-model", quant="int4-weight-only",
                      language_model=LanguageModelSpec(prompt="x", quantize={"hqq": True}))
     assert scheme_from_dict(plan.quant_scheme).hqq is False and any("hqq applies to ExecuTorch" in n for n in plan.notes)
