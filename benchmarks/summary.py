@@ -67,14 +67,18 @@ def main() -> None:
         out += ["", "Validated in the target runtime or on a host twin (jetson: ONNX Runtime CPU for TensorRT); "
                 "latency is this host's (`benchmarks/embedding.py`).", ""]
 
-    llm = _load("llm")
-    if llm:
+    for name, title in (("llm", "SmolLM2-135M (`make bench-llm`)"),
+                        ("llm_executorch", "SmolLM2-135M, ExecuTorch's accurate int4/int8 recipes (`benchmarks/llm.py "
+                                           "--name llm_executorch --only ...`)")):
+        llm = _load(name)
+        if not llm:
+            continue
         m, rows = llm
-        machines["llm"] = _machine(m)
+        machines[name] = _machine(m)
         eager = next((r for r in rows if r["engine"] == "eager"), None)
         onnx = next((r for r in rows if r.get("variant") == "onnx"), None)
         fp32 = eager["perplexity"] if eager else None
-        out += ["## Language model: SmolLM2-135M (`make bench-llm`)", "",
+        out += [f"## Language model: {title}", "",
                 "| engine | weights | decode tokens/s | vs eager fp32 | vs fp32 ONNX export | size | perplexity vs "
                 "fp32 |", "|---|---|---|---|---|---|---|"]
         for r in rows:
@@ -84,8 +88,8 @@ def main() -> None:
             out.append(f"| {r['engine']} | {r.get('precision') or ''} | {tps:.1f} | "
                        f"{_x(tps / eager['decode_tokens_per_s']) if eager else ''} | "
                        f"{_x(tps / onnx['decode_tokens_per_s']) if onnx else ''} | {size} | {ppl} |")
-        out += ["", "One run of `benchmarks/llm.py` (2 threads); see benchmarks/results/llm.md for prefill, time to "
-                "first token, peak memory and bits per weight.", ""]
+        out += ["", f"One run of `benchmarks/llm.py` (2 threads); see benchmarks/results/{name}.md for prefill, time "
+                "to first token, peak memory and bits per weight.", ""]
 
     kd = _load("lm_kd")
     if kd:
