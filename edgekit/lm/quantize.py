@@ -78,13 +78,14 @@ def executorch_decoder(decoder: Decoder, scheme: Any, calib: Any = None) -> tupl
     body = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"
             and not n.endswith(".offsets")]
     if scheme.bits == 4:
-        kwargs = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if scheme.hqq and not asymmetric else {}
+        hqq = scheme.hqq and not asymmetric  # asymmetric: each block's scale is its step, nothing to optimise
+        kwargs = {"intx_choose_qparams_algorithm": "hqq_scale_only"} if hqq else {}
         if asymmetric:  # the shifted block spans [-8 d, 7 d]: its scale must be d, the step, as in the GGUF
             kwargs["weight_mapping_type"] = MappingType.SYMMETRIC_NO_CLIPPING_ERR
         linear = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
                                                        weight_granularity=PerGroup(scheme.group_size), **kwargs)
-        what = (f"int4 symmetric per group of {scheme.group_size}{' (HQQ scales)' if scheme.hqq and not asymmetric else ''}"
-                ", int8 activations per token at run time (8da4w)")
+        what = (f"int4 symmetric per group of {scheme.group_size}{' (HQQ scales)' if hqq else ''}, int8 "
+                "activations per token at run time (8da4w)")
         if asymmetric:
             what = (f"int4 asymmetric per group of {scheme.group_size} (llama.cpp's Q4_1 grid): the block-centred "
                     f"weights int4 symmetric with the step as scale, int8 activations per token at run time "

@@ -15,11 +15,12 @@ K, N, BLOCK = 128, 48, 32
 def q4_1(w: np.ndarray, bits: int = 4) -> np.ndarray:
     """llama.cpp's Q4_1 round trip of w [K, N] per block of 32 along K: step d = (max - min) / 15, a float min
     (Q8_1-like with bits=8: 255 steps)."""
-    blocks = w.T.reshape(N, K // BLOCK, BLOCK)
+    k, n = w.shape
+    blocks = w.T.reshape(n, k // BLOCK, BLOCK)
     lo, hi = blocks.min(-1, keepdims=True), blocks.max(-1, keepdims=True)
     levels = 2**bits - 1
     d = (hi - lo) / levels
-    return (lo + d * np.clip(np.round((blocks - lo) / d), 0, levels)).reshape(N, K).T.astype(np.float32)
+    return (lo + d * np.clip(np.round((blocks - lo) / d), 0, levels)).reshape(n, k).T.astype(np.float32)
 
 
 def matmul_model(path, w: np.ndarray) -> None:
@@ -89,7 +90,7 @@ def test_executorch_asymmetric_int4_keeps_a_q4_1_grid_exactly(tmp_path):
         for name, lin in decoder.named_modules():
             if isinstance(lin, torch.nn.Linear) and name != "lm_head":
                 n, k = lin.weight.shape
-                lin.weight.copy_(torch.from_numpy(q4_1_rows(rng.standard_normal((n, k)) * 0.05 + 0.01)))
+                lin.weight.copy_(torch.from_numpy(q4_1(rng.standard_normal((n, k)).T * 0.05 + 0.01).T.copy()))
     x = torch.randn(3, 5, 64)
     linear = decoder.model.layers[0].self_attn.q_proj
     split = lq.BlockOffsetLinear(linear, BLOCK)
@@ -123,15 +124,6 @@ def test_executorch_asymmetric_int4_keeps_a_q4_1_grid_exactly(tmp_path):
     # logits, which symmetric int4 misses by 18% on this decoder, come back within 3% (2.0% on this host)
     print(f".pte vs eager {np.abs(got - eager).max() / scale:.4f}, vs float {np.abs(got - float_model).max() / scale:.4f}")
     assert np.abs(got - eager).max() < 0.03 * scale and np.abs(got - float_model).max() < 0.03 * scale
-
-
-def q4_1_rows(w: np.ndarray) -> np.ndarray:
-    """Q4_1 round trip of w [N, K] per block of 32 along K (a linear layer's weight, as torch stores it)."""
-    n, k = w.shape
-    blocks = w.reshape(n, k // BLOCK, BLOCK)
-    lo, hi = blocks.min(-1, keepdims=True), blocks.max(-1, keepdims=True)
-    d = (hi - lo) / 15
-    return (lo + d * np.clip(np.round((blocks - lo) / d), 0, 15)).reshape(n, k).astype(np.float32)
 
 
 @pytest.mark.parametrize("outlier", [1.0, 100.0])
