@@ -36,6 +36,7 @@ VARIANTS = [(fmt, "none", {}) for fmt in FORMATS] + [
     ("onnx", "int4-weight-only", {"asymmetric": False}),
     ("onnx", "int4-weight-only", {"asymmetric": True, "accuracy_level": 0}),
     ("executorch", "int4-weight-only", {"asymmetric": False}),
+    ("tflite", "int4-weight-only", {"asymmetric": False}),
     ("executorch", "int8-weight-only", {"smoothquant": 0})]
 
 

@@ -68,8 +68,8 @@ def main() -> None:
                 "latency is this host's (`benchmarks/embedding.py`).", ""]
 
     for name, title in (("llm", "SmolLM2-135M (`make bench-llm`)"),
-                        ("llm_executorch", "SmolLM2-135M, ExecuTorch's accurate int4/int8 recipes (`benchmarks/llm.py "
-                                           "--name llm_executorch --only ...`)")):
+                        ("llm_accurate", "SmolLM2-135M, the accurate int4/int8 recipes (`benchmarks/llm.py "
+                                         "--name llm_accurate --only ...`)")):
         llm = _load(name)
         if not llm:
             continue

@@ -323,10 +323,7 @@ def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str |
         if fmt == "onnx" and bits == 4 and (group_size < 16 or group_size & (group_size - 1)):
             raise PlanError(f"ONNX Runtime's MatMulNBits blocks are a power of two >= 16, not --group-size "
                             f"{group_size}")
-        asymmetric = q.asymmetric and bits == 4 and fmt in ("onnx", "executorch")
-        if q.asymmetric and bits == 4 and not asymmetric:
-            notes.append(f"[language_model.quantize] asymmetric applies to ONNX Runtime and ExecuTorch; {fmt}'s "
-                         f"int{bits} weights are symmetric")
+        asymmetric = q.asymmetric and bits == 4
         if q.hqq and fmt != "executorch":
             notes.append(f"[language_model.quantize] hqq applies to ExecuTorch; {fmt} quantizes by min/max")
         if q.hqq and asymmetric:

@@ -154,7 +154,7 @@ def quantize_stage(b: Any) -> None:
     """The weights quantized with the backend's own tool (:mod:`edgekit.lm.quantize`); the bits per weight
     are read back from the artifact."""
     from edgekit.lm import quantize as lq
-    from edgekit.lm.export import executorch
+    from edgekit.lm.export import executorch, litert
     from edgekit.quantize.schemes import scheme_from_dict
 
     scheme, fmt, lm = scheme_from_dict(b.plan.quant_scheme), b.plan.format, b.language_model
@@ -167,7 +167,13 @@ def quantize_stage(b: Any) -> None:
     elif fmt == "onnx":
         details = lq.onnx(b.fp32.model_path, path, scheme, b.model.config.vocab_size)
     else:
-        details = lq.litert(b.fp32.model_path, path, scheme)
+        source = b.fp32.model_path
+        if scheme.bits == 4 and scheme.asymmetric:  # the split decoder, exported with the fp32 one's signatures
+            source = subdir(b.work, "split") / "model.tflite"
+            b.say("quantize", "asymmetric int4: exporting the decoder again, each linear layer split into "
+                              "block-centred weights and block offsets")
+            litert(lq.litert_decoder(b.model, scheme), source, lm["max_context"], export["cache"]["prefill"])
+        details = lq.litert(source, path, scheme)
     c = b.model.config
     state = 2 * c.num_hidden_layers * int(np.prod(export["cache"]["shape"])) * 4 if fmt == "executorch" else 0
     bits = lq.weight_bits(path, fmt, sum(p.numel() for p in b.model.parameters()), state)

@@ -160,9 +160,7 @@ def test_the_planner_quantizes_language_models_with_the_projects_settings():
     assert scheme_from_dict(plan.quant_scheme).asymmetric is True  # the block offsets beside 8da4w
     plan = make_plan(load_profile("pixel8"), "tflite", task="language-model", quant="int4-weight-only",
                      language_model=asymmetric)
-    assert scheme_from_dict(plan.quant_scheme).asymmetric is False  # one project file serves every format
-    assert any("asymmetric applies to ONNX Runtime and ExecuTorch; tflite's int4 weights are symmetric" in n
-               for n in plan.notes)
+    assert scheme_from_dict(plan.quant_scheme).asymmetric is True  # the split, through dequantized-weight recovery
     plan = make_plan(load_profile("pixel8"), "executorch", task="language-model", quant="int8-weight-only",
                      language_model=asymmetric)  # int4 only
     assert scheme_from_dict(plan.quant_scheme).asymmetric is False
