@@ -325,7 +325,7 @@ def _language_model_plan(profile: DeviceProfile, fmt: str | None, backend: str |
                             f"{group_size}")
         asymmetric = q.asymmetric and bits == 4
         if q.hqq and fmt != "executorch":
-            notes.append(f"[language_model.quantize] hqq applies to ExecuTorch; {fmt} quantizes by min/max")
+            notes.append(f"[language_model.quantize] hqq applies to ExecuTorch; {fmt} picks its own scales")
         if q.hqq and asymmetric:
             notes.append("[language_model.quantize] hqq is not used with asymmetric: each block's scale is its step")
         smoothquant = q.smoothquant if fmt == "executorch" and bits == 8 else 0.0

@@ -148,9 +148,8 @@ class LanguageModelQuantSpec(_Frozen):
         default=4, description="ONNX Runtime's MatMulNBits compute: 0 float, 4 int8 activations per block (faster, "
                                "and known to flip greedy tokens on some models)")
     hqq: bool = Field(default=False, description="ExecuTorch int4: scales by HQQ instead of min/max")
-    asymmetric: bool = Field(default=False, description="int4 in ONNX Runtime and ExecuTorch: each block from its "
-                                                        "minimum to its maximum (llama.cpp's Q4_1 grid) instead of "
-                                                        "symmetric")
+    asymmetric: bool = Field(default=False, description="int4, every format: each block from its minimum to its "
+                                                        "maximum (llama.cpp's Q4_1 grid) instead of symmetric")
     smoothquant: float = Field(default=0.5, ge=0, le=1,
                                description="ExecuTorch int8 (8da8w): SmoothQuant's migration strength alpha, measured "
                                            "on the calib windows (0: off)")

@@ -18,7 +18,7 @@
   (``quantize_dynamic`` on its Gather).
 - LiteRT: ai-edge-quantizer on the fp32 ``.tflite``: int8 is ``weight_only_wi8_afp32``; int4 is the
   dynamic recipe with int4 weights per block of ``group_size`` (int8 activations at run time), the
-  embedding table and output layer int8 per channel. ``asymmetric`` int4 quantizes a second export, of
+  embedding table and output layer int8 per channel by default. ``asymmetric`` int4 quantizes a second export, of
   :func:`litert_decoder` (the same split, the block-centred weights snapped onto their grid), with
   ai-edge-quantizer's dequantized-weight recovery, and stores the offsets fp16.
 
@@ -408,11 +408,13 @@ def litert_decoder(decoder: Decoder, scheme: Any) -> Decoder:
     return model
 
 
-OFFSETS = r".*Linear_offsets.*"  # litert-torch names an FC's output after its module path
+OFFSETS_NAME = "Linear_offsets"  # litert-torch names an FC's output after its module path (BlockOffsetLinear.offsets)
+OFFSETS = f".*{OFFSETS_NAME}.*"
 
 
 def litert(fp32_path: Path, out_path: Path, scheme: Any) -> dict[str, Any]:
-    """ai-edge-quantizer: int8 weight-only, or int4 blockwise dynamic with an int8 embedding and output layer.
+    """ai-edge-quantizer: int8 weight-only, or int4 blockwise dynamic with the embedding and output layer int8
+    (by default) or float.
 
     litert-torch names the weight tensors ``arith.constant*``, so layers are told apart by what they produce:
     the output layer is the FULLY_CONNECTED whose output is the ``logits``, an asymmetric layer's offsets the
@@ -420,8 +422,9 @@ def litert(fp32_path: Path, out_path: Path, scheme: Any) -> dict[str, Any]:
     and the output layer. (ai-edge-quantizer 0.10's weight-only config for EMBEDDING_LOOKUP fails -- str +
     bytes in its dequantize insertion -- so the table is quantized with the dynamic config, which the lookup
     reads as int8 rows.) ``asymmetric`` int4 expects the export of :func:`litert_decoder`: its block-centred
-    weights go through dequantized-weight recovery (the scale of a block is its step: the Q4_1 grid exactly,
-    which min/max's ``max|w| / 7`` cannot give), its offsets are stored fp16."""
+    weights go through dequantized-weight recovery (the scale of a block is its step, stored fp16, so a Q4_1
+    grid is kept up to the scale's rounding, which min/max's ``max|w| / 7`` cannot give), its offsets are
+    stored fp16."""
     from ai_edge_quantizer import algorithm_manager, qtyping, quantizer, recipe, recipe_manager
 
     from edgekit.fsutil import write_atomic
@@ -442,7 +445,7 @@ def litert(fp32_path: Path, out_path: Path, scheme: Any) -> dict[str, Any]:
                                   algorithm_key=alg.DEQUANTIZED_WEIGHT_RECOVERY if asymmetric
                                   else alg.MIN_MAX_UNIFORM_QUANT)
             if asymmetric:
-                if not _contains(Path(fp32_path), OFFSETS[2:-2].encode()):
+                if not _contains(Path(fp32_path), OFFSETS_NAME.encode()):
                     raise ExportError("asymmetric int4 for LiteRT needs the export of the split decoder "
                                       "(edgekit.lm.quantize.litert_decoder); this file has no block offsets")
                 fp16 = qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT)

@@ -124,7 +124,7 @@ class LMWeights(_Scheme):
     ``accuracy_level``: ONNX Runtime's MatMulNBits compute (0 float, 4 int8 activations per block: faster, and
     known to flip greedy tokens on some models). ``hqq``: ExecuTorch's int4 scales by half-quadratic
     optimisation instead of min/max. ``asymmetric``: int4 linear layers per block from their minimum to their
-    maximum (llama.cpp's Q4_1 grid) instead of symmetric (ONNX Runtime and ExecuTorch). ``smoothquant``:
+    maximum (llama.cpp's Q4_1 grid) instead of symmetric (every format). ``smoothquant``:
     ExecuTorch int8's SmoothQuant migration strength alpha (0: off)."""
 
     name: ClassVar[str] = "lm-weights"
