@@ -67,9 +67,7 @@ def main() -> None:
         out += ["", "Validated in the target runtime or on a host twin (jetson: ONNX Runtime CPU for TensorRT); "
                 "latency is this host's (`benchmarks/embedding.py`).", ""]
 
-    for name, title in (("llm", "SmolLM2-135M (`make bench-llm`)"),
-                        ("llm_accurate", "SmolLM2-135M, the accurate int4/int8 recipes (`benchmarks/llm.py "
-                                         "--name llm_accurate --only ...`)")):
+    for name, title in (("llm", "SmolLM2-135M (`benchmarks/llm.py`)"),):
         llm = _load(name)
         if not llm:
             continue
