@@ -324,39 +324,49 @@ def onnx(fp32_path: Path, out_path: Path, scheme: Any, vocab: int) -> dict[str, 
             "matmulnbits_nodes": sum(n.op_type == "MatMulNBits" for n in nodes)}
 
 
-def _snap_to_block_grid(model: Any, bits: int, block: int, skip: set[str]) -> dict[str, tuple[str, int, Any]]:
+def _snap_to_block_grid(model: Any, bits: int, block: int, skip: set[str]) -> dict[str, tuple[str, int, Any, Any]]:
     """Asymmetric blocks that MatMulNBits' fast symmetric kernels can run: llama.cpp's Q4_1, exactly.
 
-    Per block of ``block`` inputs a weight column spans ``[lo, hi]``; with the step ``d = (hi - lo) / 15`` and
-    the minimum both rounded to fp16 (as Q4_1 stores them) the block's grid is ``lo + j d``, j in [0, 15]. The
-    weights are snapped onto it (exact for weights that came from Q4_1) and centred by ``c = lo + 8 d``: the
-    shifted block ``(j - 8) d`` is the symmetric int4 grid with scale ``d``, which MatMulNBits' quantizer
-    recovers exactly (every block holds ``-8 d``, its largest magnitude; 8 bits: 255 steps, ``c = lo + 128 d``).
-    So ``x @ W = x @ (W - C) + (x @ S) @ C`` with ``S`` the input's block sums (:func:`_add_block_offsets`).
-    Each MatMul with a 2-D weight gets the shifted weight in place, for the quantizer; returns, per such
-    MatMul's output, its input, width and the fp16 block minima ``[K / block, N]``."""
+    Per block of ``block`` inputs a weight column spans ``[lo, hi]``; with the minimum rounded up to fp16 and
+    the step ``d = (hi - lo) / 15`` rounded to fp16 (as Q4_1 stores them) the block's grid is ``lo + j d``, j in
+    [0, 15]. The weights are snapped onto it (exact for weights that came from Q4_1; the block's smallest
+    weight lands on j = 0, since the minimum is rounded up) and centred by ``c = lo + 8 d``: the shifted block
+    ``(j - 8) d`` holds ``-8 d``, its largest magnitude, so MatMulNBits' symmetric quantizer takes ``d`` as the
+    scale and stores the block exactly (8 bits: 255 steps, ``c = lo + 128 d``). So ``x @ W = x @ (W - C) +
+    (x @ S) @ C`` with ``S`` the input's block sums (:func:`_add_block_offsets`). Each such MatMul gets the
+    shifted weight as a new initializer (one per weight, so a weight shared with other nodes stays intact for
+    them), for the quantizer; returns, per MatMul output, its input, width, the fp16 block minima and the steps
+    ``[K / block, N]``."""
     import numpy as np
     from onnx import numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    levels, split = 2**bits - 1, {}
+    levels, split, done = 2**bits - 1, {}, {}
     for node in model.graph.node:
         w_init = inits.get(node.input[1]) if node.op_type == "MatMul" else None
         if node.name in skip or w_init is None or len(w_init.dims) != 2 or w_init.dims[0] % block:
             continue
-        w = numpy_helper.to_array(w_init).astype(np.float32)
-        k, n = w.shape
-        blocks = w.reshape(k // block, block, n)
-        lo = blocks.min(1).astype(np.float16)
-        step = ((blocks.max(1) - lo.astype(np.float32)) / levels).astype(np.float16).astype(np.float32)
-        if not (np.isfinite(lo).all() and np.isfinite(step).all()):
-            raise ExportError(f"{node.name}: a block's minimum or step does not fit fp16, which asymmetric "
-                              f"int{bits} stores them in; use asymmetric = false")
-        d = np.where(step > 0, step, 1.0)[:, None, :]
-        j = np.clip(np.round((blocks - lo.astype(np.float32)[:, None, :]) / d), 0, levels)
-        shifted = ((j - 2 ** (bits - 1)) * step[:, None, :]).astype(np.float32).reshape(k, n)
-        w_init.CopyFrom(numpy_helper.from_array(shifted, w_init.name))
-        split[node.output[0]] = (node.input[0], k, lo)
+        if w_init.name not in done:
+            w = numpy_helper.to_array(w_init).astype(np.float32)
+            k, n = w.shape
+            blocks = w.reshape(k // block, block, n)
+            lo32 = blocks.min(1)
+            lo = lo32.astype(np.float16)
+            lo = np.where(lo.astype(np.float32) < lo32, np.nextafter(lo, np.float16(np.inf)), lo)
+            step = ((blocks.max(1) - lo.astype(np.float32)) / levels).astype(np.float16).astype(np.float32)
+            if not (np.isfinite(lo).all() and np.isfinite(step).all()):
+                raise ExportError(f"{node.name}: a block's minimum or step does not fit fp16, which asymmetric "
+                                  f"int{bits} stores them in; use asymmetric = false")
+            d = np.where(step > 0, step, 1.0)[:, None, :]
+            j = np.clip(np.round((blocks - lo.astype(np.float32)[:, None, :]) / d), 0, levels)
+            shifted = ((j - 2 ** (bits - 1)) * step[:, None, :]).astype(np.float32).reshape(k, n)
+            model.graph.initializer.append(numpy_helper.from_array(shifted, f"{w_init.name}_block_centred"))
+            done[w_init.name] = (lo, step)
+        node.input[1] = f"{w_init.name}_block_centred"
+        split[node.output[0]] = (node.input[0], w_init.dims[0], *done[w_init.name])
+    used = {i for nd in model.graph.node for i in nd.input}
+    for init in [i for i in model.graph.initializer if i.name in done and i.name not in used]:
+        model.graph.initializer.remove(init)
     return split
 
 
@@ -369,14 +379,16 @@ def _fp16_scales(model: Any) -> None:
     from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
-    ordered = []
+    ordered, done = [], set()
     for node in model.graph.node:
-        scales = inits.get(node.input[2]) if node.op_type == "MatMulNBits" else None
+        scales = inits.get(node.input[2]) if node.op_type == "MatMulNBits" and node.input[2] not in done else None
         if scales is not None and scales.data_type == TensorProto.FLOAT:
             s = numpy_helper.to_array(scales)
             mag = np.abs(s[s != 0])
             if not mag.size or (mag.min() >= np.finfo(np.float16).tiny and mag.max() <= np.finfo(np.float16).max):
-                model.graph.initializer.remove(scales)
+                done.add(scales.name)  # once per scales tensor, however many nodes read it
+                for same in [i for i in model.graph.initializer if i.name == scales.name]:
+                    model.graph.initializer.remove(same)
                 model.graph.initializer.append(numpy_helper.from_array(s.astype(np.float16), f"{scales.name}_fp16"))
                 ordered.append(helper.make_node("Cast", [f"{scales.name}_fp16"], [scales.name],
                                                 name=f"{scales.name}_to_fp32", to=TensorProto.FLOAT))
@@ -385,7 +397,7 @@ def _fp16_scales(model: Any) -> None:
     model.graph.node.extend(ordered)
 
 
-def _add_block_offsets(model: Any, split: dict[str, tuple[str, int, Any]], bits: int, block: int) -> None:
+def _add_block_offsets(model: Any, split: dict[str, tuple[str, int, Any, Any]], bits: int, block: int) -> None:
     """After quantization: each MatMulNBits of :func:`_snap_to_block_grid` plus ``(x @ S) @ C``, where the
     offsets ``C = lo + 2^(bits-1) d`` are computed in the graph from the fp16 minima and the MatMulNBits' own
     stored scales ``d`` (constants, folded when the model loads), so the file holds 4 bits + an fp16 scale + an
@@ -393,12 +405,21 @@ def _add_block_offsets(model: Any, split: dict[str, tuple[str, int, Any]], bits:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    ordered, sums, widths, shared = [], {}, set(), set()
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    ordered, sums, widths, shared, found = [], {}, set(), set(), set()
     for node in model.graph.node:
         ordered.append(node)
         if node.op_type != "MatMulNBits" or node.output[0] not in split:
             continue
-        x, k, lo = split[node.output[0]]
+        x, k, lo, step = split[node.output[0]]
+        found.add(node.output[0])
+        cast = producer.get(node.input[2])  # the scales: an initializer, or an fp16 one behind _fp16_scales' Cast
+        stored = inits.get(node.input[2]) or (inits.get(cast.input[0]) if cast is not None else None)
+        if stored is None or not np.array_equal(
+                np.abs(numpy_helper.to_array(stored).astype(np.float32).reshape(lo.shape[1], -1).T), step):
+            raise ExportError(f"{node.name}: MatMulNBits' scales are not the snapped blocks' steps, so the "
+                              "offsets computed from them would be wrong; use asymmetric = false")
         y, name, n = node.output[0], node.name, lo.shape[1]
         if k not in widths:  # one [K, K/block] matrix of ones per input width
             widths.add(k)
@@ -414,10 +435,13 @@ def _add_block_offsets(model: Any, split: dict[str, tuple[str, int, Any]], bits:
             if const not in shared:
                 shared.add(const)
                 model.graph.initializer.append(numpy_helper.from_array(value, const))
-        model.graph.initializer.append(numpy_helper.from_array(lo, f"{name}_block_min"))
+        minima = f"{node.input[1]}_block_min"  # one per stored weight, whichever nodes share it
+        if minima not in shared:
+            shared.add(minima)
+            model.graph.initializer.append(numpy_helper.from_array(lo, minima))
         node.output[0] = f"{y}_shifted"
         ordered += [
-            helper.make_node("Cast", [f"{name}_block_min"], [f"{name}_block_min_fp32"], name=f"{name}_block_min",
+            helper.make_node("Cast", [minima], [f"{name}_block_min_fp32"], name=f"{name}_block_min",
                              to=TensorProto.FLOAT),
             helper.make_node("Reshape", [node.input[2], shape], [f"{name}_steps"],
                              name=f"{name}_steps"),
@@ -429,6 +453,9 @@ def _add_block_offsets(model: Any, split: dict[str, tuple[str, int, Any]], bits:
                              name=f"{name}_offsets"),
             helper.make_node("MatMul", [sums[x, k], f"{name}_offsets"], [f"{y}_offset"], name=f"{name}_offset"),
             helper.make_node("Add", [f"{y}_shifted", f"{y}_offset"], [y], name=f"{name}_add_offset")]
+    if missing := sorted(set(split) - found):
+        raise ExportError(f"{len(missing)} linear layer(s) snapped for asymmetric int{bits} did not become "
+                          f"MatMulNBits (first: {missing[0]}); their offsets would be lost")
     del model.graph.node[:]
     model.graph.node.extend(ordered)
 
@@ -582,21 +609,27 @@ def _onnx_linear_bits(path: Path) -> dict[str, Any]:
 
     memo: dict[str, frozenset[str]] = {}
 
-    def stored(name: str) -> frozenset[str]:
+    def stored(name: str, depth: int = 0) -> frozenset[str]:
         """The initializers a constant tensor is computed from (through Cast, Reshape, ... of constants only,
-        folded when the model loads: fp16 scales, the offsets); empty for anything that depends on an input."""
+        folded when the model loads: fp16 scales, the offsets; a few nodes deep); empty for anything that
+        depends on an input."""
         if name not in memo:
             node = producer.get(name)
-            if name in inits or node is None:
+            if name in inits or node is None or depth > 8:
                 memo[name] = frozenset([name] if name in inits else [])
             else:
-                parts = [stored(i) for i in node.input if i]
+                parts: list[frozenset[str]] = []
+                for i in (i for i in node.input if i):
+                    parts.append(stored(i, depth + 1))
+                    if not parts[-1]:
+                        break
                 memo[name] = frozenset().union(*parts) if parts and all(parts) else frozenset()
         return memo[name]
 
     def offsets(node: Any) -> list[str]:
         """The per-block offsets an asymmetric layer adds to this MatMulNBits (see _add_block_offsets)."""
-        for add in (a for a in consumers.get(node.output[0], []) if a.op_type == "Add"):
+        adds = [a for a in consumers.get(node.output[0], []) if a.op_type == "Add" and a.name.endswith("_add_offset")]
+        for add in adds:
             mm = next((producer.get(i) for i in add.input if i != node.output[0]), None)
             if mm is not None and mm.op_type == "MatMul" and stored(mm.input[1]):
                 return [mm.input[1]]
@@ -609,7 +642,8 @@ def _onnx_linear_bits(path: Path) -> dict[str, Any]:
             continue
         attrs = {a.name: a.i for a in node.attribute}
         acc = per_bits.setdefault(attrs["bits"], [0, 0])
-        acc[1] += attrs["K"] * attrs["N"]
+        if node.input[1] not in counted:  # a weight shared by several nodes counts once
+            acc[1] += attrs["K"] * attrs["N"]
         for name in set().union(*(stored(i) for i in [*node.input[1:], *offsets(node)] if i)) - counted:
             counted.add(name)
             if inits[name].data_type == TensorProto.INT64 or not inits[name].dims:

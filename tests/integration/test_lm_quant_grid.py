@@ -63,6 +63,43 @@ def test_asymmetric_int4_keeps_a_q4_1_grid_exactly(bits, asymmetric, tmp_path):
         assert error > 1e-2, error
 
 
+def test_asymmetric_onnx_snaps_any_block_and_keeps_shared_weights(tmp_path):
+    """Not only Q4_1 weights: blocks whose range is tiny against their minimum (1.0 to 1.004, finer than fp16's
+    step at 1.0) still get offsets that match the stored scales, and a weight read by two MatMuls is split for
+    both (each output exactly its input times the fp16-min / fp16-step grid)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.lm import quantize as lq
+    from edgekit.quantize.schemes import LMWeights
+
+    rng = np.random.default_rng(1)
+    w = (1.0 + 0.004 * rng.random((K, N))).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y1"], name="first"),
+                               helper.make_node("MatMul", ["x2", "w"], ["y2"], name="second")], "g",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, K]) for n in ("x", "x2")],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, N]) for n in ("y1", "y2")],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "fp32.onnx"))
+    lq.onnx(tmp_path / "fp32.onnx", tmp_path / "int4.onnx",
+            LMWeights(bits=4, group_size=BLOCK, accuracy_level=0, asymmetric=True), vocab=50_000)
+    # the grid: each block's minimum rounded *up* to fp16 (so its smallest weight is on j = 0), its step fp16
+    blocks = w.reshape(K // BLOCK, BLOCK, N)
+    lo = blocks.min(1).astype(np.float16)
+    lo = np.where(lo.astype(np.float32) < blocks.min(1), np.nextafter(lo, np.float16(np.inf)), lo).astype(np.float32)
+    d = ((blocks.max(1) - lo) / 15).astype(np.float16).astype(np.float32)
+    grid = (lo[:, None] + np.clip(np.round((blocks - lo[:, None]) / d[:, None]), 0, 15) * d[:, None]).reshape(K, N)
+    session = ort.InferenceSession(str(tmp_path / "int4.onnx"), providers=["CPUExecutionProvider"])
+    x, x2 = rng.standard_normal((2, 1, K)).astype(np.float32)
+    y1, y2 = session.run(None, {"x": x, "x2": x2})
+    for got, inp in ((y1, x), (y2, x2)):
+        want = inp @ grid
+        assert np.abs(got - want).max() < 1e-5 * np.abs(want).max(), np.abs(got - want).max()
+    assert np.abs(grid - w).max() <= np.abs(w).max() * 2**-10  # fp16's step at 1.0 bounds the rounding
+    assert lq.weight_bits(tmp_path / "int4.onnx", "onnx", 2 * K * N)["bits_per_weight"]["int4"] == 5.0
+
+
 def tiny_decoder():
     import torch
 

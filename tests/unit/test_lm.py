@@ -84,8 +84,8 @@ def test_the_decoder_is_causal_and_bounded():
 
 @pytest.mark.parametrize("heads,kv", [(9, 3), (4, 4)])
 def test_grouped_attention_without_repeated_heads_computes_the_same(heads, kv):
-    """LiteRT's attention (grouped query heads as rows of one matmul per K/V head) against the repeated-heads
-    attention the other formats use, with a cache longer than the positions written so far."""
+    """The ONNX and LiteRT exports' attention (grouped query heads as rows of one matmul per K/V head) against
+    the repeated-heads attention of the eager model, with a cache longer than the positions written so far."""
     from edgekit.lm.model import grouped_sdpa, sdpa
 
     torch.manual_seed(0)
